@@ -1,0 +1,27 @@
+"""einsearch: a continuous einsum space of structured linear layers.
+
+Public API::
+
+    Theta, resolve_structure           # a point of the space and named structures
+    make_plan, EinsumPlan              # integer sizes, einsum strings, costs (no tensors)
+    EinsumLinear                       # the nn.Module
+    taxonomy                           # omega / psi / nu
+    param_groups                       # muP learning rates as plain torch param groups
+    structurize                        # replace the linear layers of an existing model
+"""
+
+from .convert import StructurizeSummary, structurize
+from .layers import EinsumLinear, LayerCost
+from .mup import lr_multipliers, param_groups
+from .plan import EinsumPlan, make_plan
+from .taxonomy import Taxonomy, closed_form_flops, closed_form_params, taxonomy
+from .theta import NAMED_STRUCTURES, Theta, resolve_structure, structure_names
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Theta", "resolve_structure", "structure_names", "NAMED_STRUCTURES",
+    "EinsumPlan", "make_plan", "EinsumLinear", "LayerCost",
+    "Taxonomy", "taxonomy", "closed_form_params", "closed_form_flops",
+    "param_groups", "lr_multipliers", "structurize", "StructurizeSummary",
+]

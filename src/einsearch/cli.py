@@ -1,0 +1,86 @@
+"""Command-line interface: ``einsearch info|search|report``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .plan import make_plan
+from .taxonomy import taxonomy
+from .theta import resolve_structure, structure_names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def info_table(structure: str, d_in: int, d_out: int) -> str:
+    """The text ``einsearch info`` prints for one structure."""
+    theta = resolve_structure(structure)
+    canon = theta.canonical()
+    plan = make_plan(theta, d_in, d_out)
+    tax = taxonomy(theta)
+    s = plan.sizes
+    rows = [
+        ("structure", structure),
+        ("theta", str(theta)),
+        ("canonical theta", str(canon) + ("" if canon == theta else "  (cores swapped)")),
+        ("degenerate", "yes: rho > min(alpha, epsilon) adds cost, no expressivity" if theta.is_degenerate else "no"),
+        ("d_in x d_out", f"{d_in} x {d_out}" + (f"  (padded to {plan.d_in_padded} x {plan.d_out_padded})" if plan.is_padded else "")),
+        ("sizes in (alpha, beta, gamma)", f"{s.alpha} x {s.beta} x {s.gamma}"),
+        ("sizes out (delta, epsilon, phi)", f"{s.delta} x {s.epsilon} x {s.phi}"),
+        ("rank axis (rho)", f"{s.rho}"),
+        ("core A (alpha,gamma,delta,phi,rho)", "x".join(map(str, plan.shape_a)) + ("  (constant 1)" if plan.trivial_a else "")),
+        ("core B (beta,gamma,epsilon,phi,rho)", "x".join(map(str, plan.shape_b)) + ("  (constant 1)" if plan.trivial_b else "")),
+        ("contraction order", f"{plan.contraction_order}: {plan.eq_first} ; {plan.eq_second}"),
+        ("params", f"{plan.params:,}"),
+        ("FLOPs / token (forward)", f"{plan.flops:,}"),
+        ("matrix rank (generic)", f"{plan.rank:,}"),
+        ("omega (parameter sharing)", f"{tax.omega:g}"),
+        ("psi (rank exponent)", f"{tax.psi:g}"),
+        ("nu (compute exponent)", f"{tax.nu:g}"),
+        ("params / dense", f"{plan.params / (d_in * d_out):.4g}"),
+        ("FLOPs / dense", f"{plan.flops / plan.dense_flops:.4g}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    d_out = args.d_out if args.d_out is not None else args.d_in
+    blocks = [info_table(s, args.d_in, d_out) for s in args.structure]
+    print("\n\n".join(blocks))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="einsearch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="sizes, cost and taxonomy of a structure",
+                          description="Known names: " + ", ".join(structure_names())
+                          + "; calls like 'btt(0.25)'; or theta text '(a|b|g|d|e|f|r)'.")
+    info.add_argument("structure", nargs="+", help="structure name or theta text")
+    info.add_argument("--d-in", type=_positive_int, default=1024)
+    info.add_argument("--d-out", type=_positive_int, default=None, help="default: same as --d-in")
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"einsearch: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""structurize: replace the linear layers of an existing model with structured ones."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from torch import nn
+
+from .layers import EinsumLinear
+from .mup import _conv1d_type
+from .theta import Theta, resolve_structure
+
+__all__ = ["structurize", "StructurizeSummary", "ReplacedLayer", "linear_layers"]
+
+Select = Callable[[str, nn.Module], bool] | Iterable[str] | str | None
+
+
+@dataclass(frozen=True)
+class ReplacedLayer:
+    """One replaced layer; flops are forward FLOPs per token (bias excluded)."""
+
+    name: str
+    kind: str
+    d_in: int
+    d_out: int
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+
+
+@dataclass
+class StructurizeSummary:
+    structure: str
+    layers: list[ReplacedLayer] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def params_before(self) -> int:
+        return sum(r.params_before for r in self.layers)
+
+    @property
+    def params_after(self) -> int:
+        return sum(r.params_after for r in self.layers)
+
+    @property
+    def flops_before(self) -> int:
+        return sum(r.flops_before for r in self.layers)
+
+    @property
+    def flops_after(self) -> int:
+        return sum(r.flops_after for r in self.layers)
+
+    def __str__(self) -> str:
+        lines = [f"structurize -> {self.structure}: {len(self.layers)} layer(s) replaced, "
+                 f"{len(self.skipped)} kept dense"]
+        lines.append(f"{'layer':<40} {'shape':>12} {'params':>21} {'FLOPs/token':>23}")
+        for r in self.layers:
+            lines.append(f"{r.name:<40} {f'{r.d_in}x{r.d_out}':>12} "
+                         f"{r.params_before:>10,}->{r.params_after:<10,} {r.flops_before:>11,}->{r.flops_after:<11,}")
+        lines.append(f"{'total':<40} {'':>12} {self.params_before:>10,}->{self.params_after:<10,} "
+                     f"{self.flops_before:>11,}->{self.flops_after:<11,}")
+        return "\n".join(lines)
+
+
+def linear_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every ``nn.Linear`` (and HF ``Conv1D``) in module order."""
+    conv1d = _conv1d_type()
+    kinds = (nn.Linear,) + ((conv1d,) if conv1d is not None else ())
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds) and not isinstance(m, EinsumLinear)]
+
+
+def _default_select(model: nn.Module) -> Callable[[str, nn.Module], bool]:
+    """All linear layers but the readout (the last one in module order)."""
+    layers = linear_layers(model)
+    readout = layers[-1][0] if layers else None
+    return lambda name, module: name != readout
+
+
+def _as_predicate(select: Select, model: nn.Module) -> Callable[[str, nn.Module], bool]:
+    if select is None:
+        return _default_select(model)
+    if callable(select):
+        return select
+    patterns = [select] if isinstance(select, str) else list(select)
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"select must be a callable, a glob pattern or a list of patterns, got {select!r}")
+    return lambda name, module: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _dims(module: nn.Module) -> tuple[int, int, bool, bool]:
+    """(d_in, d_out, has_bias, is_zero) of an nn.Linear or Conv1D (weight (in, out))."""
+    if isinstance(module, nn.Linear):
+        d_in, d_out = module.in_features, module.out_features
+    else:
+        d_in, d_out = module.weight.shape
+    is_zero = bool((module.weight.detach() == 0).all())
+    return d_in, d_out, module.bias is not None, is_zero
+
+
+def structurize(
+    model: nn.Module,
+    structure: Theta | str | Callable[[str, nn.Module], "Theta | str"],
+    select: Select = None,
+    **layer_kwargs,
+) -> StructurizeSummary:
+    """Replace chosen linear layers of ``model`` in place with structured layers.
+
+    Args:
+        model: any ``nn.Module``; ``nn.Linear`` and Hugging Face ``Conv1D`` (GPT-2) are replaced.
+        structure: a Theta, a name (``"monarch"``, ``"btt(0.25)"``, theta text), or a callable
+            ``(name, module) -> structure`` choosing per layer.
+        select: which layers: a predicate ``(name, module) -> bool``, a glob pattern or a list
+            of patterns over module names. Default: all but the readout (the last linear layer).
+        **layer_kwargs: passed to ``EinsumLinear`` (e.g. ``einsum_norm=True``).
+    Returns:
+        A summary of what was replaced, with params and FLOPs per token before and after.
+
+    New layers are freshly initialized (structure-aware init); a layer whose weight was all
+    zeros (zero-init residual output) gets ``zero_init=True``. Dtype and device follow the old
+    layer.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    pick = _as_predicate(select, model)
+    per_layer = structure if callable(structure) and not isinstance(structure, Theta) else None
+    if per_layer is None:
+        resolve_structure(structure)  # fail early on a bad name
+    label = "per-layer" if per_layer else str(resolve_structure(structure))
+    summary = StructurizeSummary(structure=label)
+    for name, module in linear_layers(model):
+        if not pick(name, module):
+            summary.skipped.append(name)
+            continue
+        theta = resolve_structure(per_layer(name, module) if per_layer else structure)
+        d_in, d_out, has_bias, is_zero = _dims(module)
+        kwargs = {"bias": has_bias, "zero_init": is_zero, **layer_kwargs}
+        new = EinsumLinear(d_in, d_out, theta, device=module.weight.device, dtype=module.weight.dtype, **kwargs)
+        _set_submodule(model, name, new)
+        cost = new.cost()
+        summary.layers.append(ReplacedLayer(
+            name=name, kind=type(module).__name__, d_in=d_in, d_out=d_out,
+            params_before=d_in * d_out, params_after=cost.core_params,
+            flops_before=2 * d_in * d_out, flops_after=cost.flops,
+        ))
+    return summary
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -1,0 +1,32 @@
+"""Shared fixtures: the named structures every layer test runs over."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from einsearch import Theta
+
+# Named points of the space plus two thetas that are none of the classic families.
+NAMED_STRUCTURES: dict[str, Theta] = {
+    "dense": Theta.dense(),
+    "low_rank": Theta.low_rank(0.5),
+    "kronecker": Theta.kronecker(),
+    "tensor_train": Theta.tensor_train(0.25),
+    "btt": Theta.btt(0.25),
+    "monarch": Theta.monarch(),
+    "low_rank_btt": Theta.low_rank_btt(0.25),
+    "novel_a": Theta.parse("(0.5|0.25|0.25|0.25|0.5|0.25|0)"),
+    "novel_b": Theta.parse("(0.75|0|0.25|0|0.5|0.5|0.25)"),
+}
+
+
+@pytest.fixture(params=sorted(NAMED_STRUCTURES), ids=sorted(NAMED_STRUCTURES))
+def named_theta(request) -> Theta:
+    return NAMED_STRUCTURES[request.param]
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
