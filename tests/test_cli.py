@@ -1,0 +1,43 @@
+"""The command line, run as a user runs it."""
+
+import subprocess
+import sys
+
+import pytest
+
+from einsearch.cli import main
+
+
+def test_info_monarch_prints_the_right_numbers(capsys):
+    assert main(["info", "monarch", "--d-in", "1024", "--d-out", "1024"]) == 0
+    out = capsys.readouterr().out
+    assert "65,536" in out
+    lines = {line.split("  ")[0].strip(): line.split()[-1] for line in out.splitlines() if line.strip()}
+    assert lines["omega (parameter sharing)"] == "0"
+    assert lines["psi (rank exponent)"] == "1"
+    assert lines["nu (compute exponent)"] == "0.5"
+    assert lines["FLOPs / dense"] == "0.0625"
+
+
+def test_info_theta_text_and_padding(capsys):
+    assert main(["info", "(0.5|0.5|0|1|0|0|0)", "--d-in", "97", "--d-out", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "cores swapped" in out and "padded to 98 x 64" in out
+
+
+def test_info_unknown_structure_is_a_clean_error(capsys):
+    assert main(["info", "foo"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown structure 'foo'" in err and "Traceback" not in err
+
+
+def test_info_bad_width_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["info", "dense", "--d-in", "0"])
+    assert "positive integer" in capsys.readouterr().err
+
+
+def test_console_script_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "einsearch.cli", "info", "kronecker", "--d-in", "256"],
+                          capture_output=True, text=True, check=True)
+    assert "omega (parameter sharing)" in proc.stdout
