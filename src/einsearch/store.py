@@ -1,0 +1,384 @@
+"""Results store: one SQLite file per sweep (``out_dir/results.sqlite``).
+
+Two tables hold everything the analysis needs:
+
+* ``runs``   one row per training run (run_id is ``TrainConfig.run_id()``): what was trained
+  (task, structure, theta and its taxonomy, width, seed, lr, the full config as JSON), what it
+  cost (params, FLOPs per token, wall time) and how it ended (status, final eval loss, error).
+* ``points`` one row per logged step of a run: (step, tokens, compute, train_loss, eval_loss).
+
+Crash safety. A run and all of its points are written in ONE transaction, in WAL mode, so a
+process killed at any instant leaves either the whole finished run or nothing of it; a sweep that
+restarts asks :meth:`ResultStore.finished_run_ids` which runs to skip. Re-recording a run
+replaces it (its old points are deleted in the same transaction), so nothing is ever duplicated.
+
+Statuses: ``finished`` and ``diverged`` are final (a diverged run is a result, not an accident,
+and is never retried); ``failed`` (the trainer raised) is recorded with its error and retried by
+the next sweep.
+
+Only one process writes (the sweep's parent); readers may open the file at any time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+__all__ = ["ResultStore", "RunRow", "PointRow", "StoreError", "SCHEMA_VERSION", "FINAL_STATUSES"]
+
+SCHEMA_VERSION = 1
+APPLICATION = "einsearch"
+#: statuses a sweep never retries
+FINAL_STATUSES = ("finished", "diverged")
+STATUSES = ("finished", "diverged", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS einsearch_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id          TEXT PRIMARY KEY,
+    task            TEXT NOT NULL,
+    structure       TEXT NOT NULL,
+    theta           TEXT,
+    omega           REAL,
+    psi             REAL,
+    nu              REAL,
+    width           INTEGER,
+    seed            INTEGER,
+    lr              REAL,
+    params          INTEGER,
+    flops_per_token REAL,
+    status          TEXT NOT NULL,
+    wall_time_s     REAL,
+    final_eval_loss REAL,
+    config_json     TEXT NOT NULL,
+    finished_at     TEXT NOT NULL,
+    error           TEXT
+);
+CREATE TABLE IF NOT EXISTS points (
+    run_id     TEXT NOT NULL,
+    step       INTEGER NOT NULL,
+    tokens     INTEGER NOT NULL,
+    compute    REAL NOT NULL,
+    train_loss REAL,
+    eval_loss  REAL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE INDEX IF NOT EXISTS runs_by_structure ON runs (task, structure);
+"""
+
+
+class StoreError(ValueError):
+    """The file is not an einsearch results store (or one of an unsupported version)."""
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One row of ``runs``; ``config`` is the decoded ``config_json``."""
+
+    run_id: str
+    task: str
+    structure: str
+    theta: str | None
+    omega: float | None
+    psi: float | None
+    nu: float | None
+    width: int | None
+    seed: int | None
+    lr: float | None
+    params: int | None
+    flops_per_token: float | None
+    status: str
+    wall_time_s: float | None
+    final_eval_loss: float | None
+    config: dict[str, Any]
+    finished_at: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PointRow:
+    """One logged step of a run. ``compute`` is cumulative training FLOPs."""
+
+    step: int
+    tokens: int
+    compute: float
+    train_loss: float | None
+    eval_loss: float | None
+
+
+_RUN_COLUMNS = [f.name for f in dataclasses.fields(RunRow) if f.name != "config"]
+_RUN_COLUMNS.insert(_RUN_COLUMNS.index("finished_at"), "config_json")
+
+
+def _finite_or_none(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    if isinstance(config, Mapping):
+        return dict(config)
+    return dict(vars(config))
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def structure_meta(structure: str) -> dict[str, Any]:
+    """theta text and taxonomy (omega, psi, nu) of a structure name or theta text."""
+    from .taxonomy import taxonomy
+    from .theta import resolve_structure
+
+    theta = resolve_structure(structure)
+    tax = taxonomy(theta)
+    return {"theta": str(theta), "omega": tax.omega, "psi": tax.psi, "nu": tax.nu}
+
+
+class ResultStore:
+    """SQLite store of runs and their loss curves. See the module docstring.
+
+    ``ResultStore(path)`` creates the file (and its parent folder) if needed, and raises
+    :class:`StoreError` if ``path`` exists but is not an einsearch store.
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = self.path.exists() and self.path.stat().st_size > 0
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        except sqlite3.Error as err:  # pragma: no cover - e.g. a directory
+            raise StoreError(f"{self.path}: cannot open as a results store: {err}") from None
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            if existed:
+                self._check_existing()
+            else:
+                self._create()
+        except sqlite3.DatabaseError as err:
+            self._conn.close()
+            raise StoreError(
+                f"{self.path} is not an einsearch results store (SQLite said: {err})") from None
+        except Exception:
+            self._conn.close()
+            raise
+
+    # -- schema -----------------------------------------------------------------------------
+    def _create(self) -> None:
+        meta = [("application", APPLICATION), ("schema_version", str(SCHEMA_VERSION)),
+                ("created_at", _now())]
+        inserts = "".join(
+            f"INSERT OR IGNORE INTO einsearch_meta (key, value) VALUES ('{k}', '{v}');"
+            for k, v in meta)
+        # one script, one transaction: a kill here leaves either no schema or all of it
+        self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + inserts + "COMMIT;")
+
+    def _check_existing(self) -> None:
+        tables = {r[0] for r in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:  # an empty SQLite file: adopt it
+            self._create()
+            return
+        if "einsearch_meta" not in tables:
+            raise StoreError(
+                f"{self.path} is an SQLite database but not an einsearch results store "
+                f"(tables: {sorted(tables)}); choose another --out folder")
+        meta = dict(self._conn.execute("SELECT key, value FROM einsearch_meta"))
+        if meta.get("application") != APPLICATION:
+            raise StoreError(f"{self.path} is not an einsearch results store")
+        version = int(meta.get("schema_version", "0"))
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has store schema version {version}, newer than this einsearch "
+                f"supports ({SCHEMA_VERSION}); upgrade einsearch")
+        if version < SCHEMA_VERSION:  # pragma: no cover - no older versions exist yet
+            raise StoreError(f"{self.path} has an old store schema version {version}")
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection):
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            if exc_type is None:
+                self.conn.execute("COMMIT")
+            else:
+                self.conn.execute("ROLLBACK")
+
+    def _transaction(self) -> "ResultStore._Tx":
+        return ResultStore._Tx(self._conn)
+
+    @property
+    def schema_version(self) -> int:
+        row = self._conn.execute(
+            "SELECT value FROM einsearch_meta WHERE key='schema_version'").fetchone()
+        return int(row[0])
+
+    # -- writing ----------------------------------------------------------------------------
+    def record(self, result: Any, meta: Mapping[str, Any] | None = None) -> None:
+        """Write one ``RunResult`` and all its points atomically (replacing any earlier copy).
+
+        ``meta`` carries what the result does not know: ``theta``, ``omega``, ``psi``, ``nu``
+        (computed from ``result.config.structure`` when omitted) and optionally ``error``.
+        """
+        config = result.config
+        meta = dict(meta) if meta is not None else structure_meta(config.structure)
+        status = str(result.status)
+        if status not in STATUSES:
+            raise ValueError(f"unknown run status {status!r}; expected one of {STATUSES}")
+        points = [
+            (int(p.step), int(p.tokens), float(p.compute),
+             _finite_or_none(p.train_loss), _finite_or_none(p.eval_loss))
+            for p in result.points
+        ]
+        self._write(config, meta, status=status, params=result.params,
+                    flops_per_token=result.flops_per_token, wall_time_s=result.wall_time_s,
+                    final_eval_loss=result.final_eval_loss, error=meta.get("error"),
+                    points=points)
+
+    def record_failure(self, config: Any, error: str, meta: Mapping[str, Any] | None = None,
+                       wall_time_s: float | None = None) -> None:
+        """Record that training ``config`` raised ``error`` (status ``failed``, no points).
+
+        Failed runs are not in :meth:`finished_run_ids`, so the next sweep retries them.
+        """
+        if meta is None:
+            try:
+                meta = structure_meta(config.structure)
+            except Exception:  # the structure itself may be what failed
+                meta = {}
+        self._write(config, meta, status="failed", params=None, flops_per_token=None,
+                    wall_time_s=wall_time_s, final_eval_loss=None, error=str(error), points=[])
+
+    def _write(self, config: Any, meta: Mapping[str, Any], *, status: str, params: Any,
+               flops_per_token: Any, wall_time_s: Any, final_eval_loss: Any, error: Any,
+               points: list[tuple]) -> None:
+        run_id = config.run_id()
+        cfg = _config_dict(config)
+        row = {
+            "run_id": run_id,
+            "task": cfg.get("task"),
+            "structure": cfg.get("structure"),
+            "theta": meta.get("theta"),
+            "omega": _finite_or_none(meta.get("omega")),
+            "psi": _finite_or_none(meta.get("psi")),
+            "nu": _finite_or_none(meta.get("nu")),
+            "width": cfg.get("width"),
+            "seed": cfg.get("seed"),
+            "lr": cfg.get("lr"),
+            "params": None if params is None else int(params),
+            "flops_per_token": _finite_or_none(flops_per_token),
+            "status": status,
+            "wall_time_s": _finite_or_none(wall_time_s),
+            "final_eval_loss": _finite_or_none(final_eval_loss),
+            "config_json": json.dumps(cfg, sort_keys=True, default=str),
+            "finished_at": _now(),
+            "error": error,
+        }
+        cols = ", ".join(_RUN_COLUMNS)
+        marks = ", ".join("?" for _ in _RUN_COLUMNS)
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM points WHERE run_id = ?", (run_id,))
+            conn.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})",
+                         [row[c] for c in _RUN_COLUMNS])
+            conn.executemany(
+                "INSERT OR REPLACE INTO points (run_id, step, tokens, compute, train_loss, "
+                "eval_loss) VALUES (?, ?, ?, ?, ?, ?)",
+                [(run_id, *p) for p in points])
+
+    # -- reading ----------------------------------------------------------------------------
+    def finished_run_ids(self) -> set[str]:
+        """run_ids a sweep must not run again: status ``finished`` or ``diverged``."""
+        marks = ", ".join("?" for _ in FINAL_STATUSES)
+        return {r[0] for r in self._conn.execute(
+            f"SELECT run_id FROM runs WHERE status IN ({marks})", FINAL_STATUSES)}
+
+    def runs(self, *, task: str | None = None, structure: str | None = None,
+             status: str | Iterable[str] | None = None) -> list[RunRow]:
+        """Runs, optionally filtered, ordered by structure, width, seed, lr."""
+        where, args = [], []
+        if task is not None:
+            where.append("task = ?")
+            args.append(task)
+        if structure is not None:
+            where.append("structure = ?")
+            args.append(structure)
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            args.extend(statuses)
+        sql = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY structure, width, seed, lr, run_id"
+        out = []
+        for values in self._conn.execute(sql, args):
+            d = dict(zip(_RUN_COLUMNS, values))
+            d["config"] = json.loads(d.pop("config_json"))
+            out.append(RunRow(**d))
+        return out
+
+    def run(self, run_id: str) -> RunRow | None:
+        for r in self.runs():
+            if r.run_id == run_id:
+                return r
+        return None
+
+    def points(self, run_id: str) -> list[PointRow]:
+        """The logged points of one run, by step."""
+        return [PointRow(*r) for r in self._conn.execute(
+            "SELECT step, tokens, compute, train_loss, eval_loss FROM points "
+            "WHERE run_id = ? ORDER BY step", (run_id,))]
+
+    def all_points(self) -> dict[str, list[PointRow]]:
+        """Every run's points in one query: ``{run_id: [PointRow, ...]}`` (by step)."""
+        out: dict[str, list[PointRow]] = {}
+        for run_id, *rest in self._conn.execute(
+                "SELECT run_id, step, tokens, compute, train_loss, eval_loss FROM points "
+                "ORDER BY run_id, step"):
+            out.setdefault(run_id, []).append(PointRow(*rest))
+        return out
+
+    def load(self, **filters: Any) -> list[tuple[RunRow, list[PointRow]]]:
+        """Runs (filtered as in :meth:`runs`) paired with their points."""
+        pts = self.all_points()
+        return [(r, pts.get(r.run_id, [])) for r in self.runs(**filters)]
+
+    def tasks(self) -> list[str]:
+        return [r[0] for r in self._conn.execute("SELECT DISTINCT task FROM runs ORDER BY task")]
+
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.path)!r})"

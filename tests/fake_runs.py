@@ -1,0 +1,100 @@
+"""Synthetic runs for the store / report / sweep tests (no torch training involved).
+
+``FakeConfig`` mirrors the fields of ``einsearch.train.TrainConfig`` that the store reads, and
+``make_result`` builds a RunResult-like object whose loss follows a known law:
+
+    L(C) = 2 * (m * C) ** -0.1 + floor(width)
+
+so a structure with multiplier ``m`` needs 1/m of dense's compute for the same loss (up to the
+width-limited floor, which the frontier removes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    task: str = "regression"
+    structure: str = "dense"
+    width: int = 64
+    seed: int = 0
+    lr: float = 3e-3
+    steps: int = 40
+    warmup_steps: int = 0
+    log_every: int = 1
+
+    def run_id(self) -> str:
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class FakePoint:
+    step: int
+    tokens: int
+    compute: float
+    train_loss: float
+    eval_loss: float | None
+
+
+@dataclass
+class FakeResult:
+    config: FakeConfig
+    status: str
+    params: int
+    flops_per_token: float
+    points: list = field(default_factory=list)
+    wall_time_s: float = 0.01
+    final_eval_loss: float | None = None
+
+
+MULTIPLIERS = {"dense": 1.0, "btt": 2.0, "low_rank": 0.5, "kronecker": 0.7}
+
+
+def make_result(structure: str = "dense", width: int = 64, seed: int = 0, steps: int = 40,
+                multiplier: float | None = None, noise: float = 0.0, diverge_at: int | None = None,
+                task: str = "regression", lr: float = 3e-3) -> FakeResult:
+    m = MULTIPLIERS.get(structure, 1.0) if multiplier is None else multiplier
+    cfg = FakeConfig(task=task, structure=structure, width=width, seed=seed, steps=steps, lr=lr)
+    params = 4 * width * width
+    fpt = 6.0 * params
+    rng = np.random.default_rng(hash((structure, width, seed)) % 2**32)
+    tokens_per_step = 128
+    points = []
+    floor = 0.4 * width ** -0.5
+    for step in range(1, steps + 1):
+        tokens = step * tokens_per_step
+        c = fpt * tokens
+        loss = 2.0 * (m * c) ** -0.1 + floor
+        loss *= float(np.exp(rng.normal(0.0, noise))) if noise else 1.0
+        if diverge_at is not None and step >= diverge_at:
+            loss = float("nan")
+        points.append(FakePoint(step, tokens, c, loss, loss if step % 5 == 0 else None))
+    status = "diverged" if diverge_at is not None else "finished"
+    final = None if diverge_at is not None else points[-1].train_loss
+    return FakeResult(cfg, status, params, fpt, points, 0.01, final)
+
+
+def fake_train(config, progress=None):
+    """A stand-in for ``einsearch.train.train`` taking any config with TrainConfig fields."""
+    if getattr(config, "structure", "") == "boom":
+        raise RuntimeError("synthetic failure")
+    delay = 0.0
+    if isinstance(getattr(config, "data", None), str) and config.data.startswith("sleep:"):
+        delay = float(config.data.split(":", 1)[1])
+    if delay:
+        time.sleep(delay)
+    r = make_result(config.structure, config.width, config.seed, steps=min(config.steps, 40),
+                    task=config.task, lr=config.lr)
+    r.config = config
+    if progress is not None:
+        progress(config.steps, r.points[-1].train_loss)
+    return r
