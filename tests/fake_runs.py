@@ -56,6 +56,37 @@ class FakeResult:
     final_eval_loss: float | None = None
 
 
+@dataclass(frozen=True)
+class FakeTrainConfig:
+    """Same fields and defaults as the ``einsearch.train.TrainConfig`` interface."""
+
+    task: str = "regression"
+    structure: str = "dense"
+    width: int = 64
+    depth: int | None = None
+    base_width: int = 64
+    seed: int = 0
+    lr: float = 3e-3
+    steps: int = 500
+    batch_size: int = 128
+    warmup_steps: int = 50
+    schedule: str = "constant"
+    weight_decay: float = 0.0
+    einsum_norm: bool = True
+    log_every: int = 25
+    eval_batches: int = 4
+    data: str | None = None
+    block_size: int = 128
+    num_experts: int | None = None
+    top_k: int = 2
+    aux_loss_weight: float = 0.01
+    divergence_factor: float = 4.0
+
+    def run_id(self) -> str:
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
 MULTIPLIERS = {"dense": 1.0, "btt": 2.0, "low_rank": 0.5, "kronecker": 0.7}
 
 
@@ -84,16 +115,21 @@ def make_result(structure: str = "dense", width: int = 64, seed: int = 0, steps:
 
 
 def fake_train(config, progress=None):
-    """A stand-in for ``einsearch.train.train`` taking any config with TrainConfig fields."""
-    if getattr(config, "structure", "") == "boom":
+    """A stand-in for ``einsearch.train.train``; ``config.data`` steers it in tests:
+    ``"boom"`` raises, ``"die"`` kills the (worker) process, ``"sleep:S"`` sleeps S seconds,
+    ``"diverge"`` returns a diverged run."""
+    import os
+
+    data = getattr(config, "data", None) or ""
+    if data == "boom" or (data == "boom-btt" and config.structure == "btt"):
         raise RuntimeError("synthetic failure")
-    delay = 0.0
-    if isinstance(getattr(config, "data", None), str) and config.data.startswith("sleep:"):
-        delay = float(config.data.split(":", 1)[1])
-    if delay:
-        time.sleep(delay)
+    if data == "die" and config.structure == "btt":
+        os._exit(3)
+    if data.startswith("sleep:"):
+        time.sleep(float(data.split(":", 1)[1]))
     r = make_result(config.structure, config.width, config.seed, steps=min(config.steps, 40),
-                    task=config.task, lr=config.lr)
+                    task=config.task, lr=config.lr,
+                    diverge_at=5 if data == "diverge" and config.structure == "btt" else None)
     r.config = config
     if progress is not None:
         progress(config.steps, r.points[-1].train_loss)

@@ -1,0 +1,544 @@
+"""Sweep driver: train every (structure x width x seed x lr), store each run, write the report.
+
+A sweep is described by a :class:`SweepSpec`, usually loaded from a preset shipped with the
+package (``einsearch/presets/*.yaml``: ``demo``, ``tiny``, ``charlm_small``) or from the user's
+own YAML / TOML file with :func:`load_spec`. :func:`run_sweep` then
+
+1. writes the resolved spec to ``out_dir/spec.yaml``;
+2. opens ``out_dir/results.sqlite`` and skips every run already finished (or diverged) there,
+   so a killed sweep restarted with the same command resumes where it stopped;
+3. trains the remaining runs in this process (``jobs=1``) or in ``jobs`` worker processes
+   ("spawn" context, one torch thread each). Only this (parent) process writes to the store,
+   one transaction per run, right after the run completes; a run whose trainer raises is logged
+   and recorded as ``failed`` (retried by the next sweep) without stopping the others;
+4. calls :func:`einsearch.report.write_report`.
+
+Spec file format (YAML; TOML with the same keys)::
+
+    description: free text (optional)
+    task: regression
+    structures: [dense, btt, "low_rank(0.5)", "(0.5|0.25|0.25|0.25|0.5|0.25|0)"]
+    widths: [32, 64, 128]
+    seeds: [0]
+    lrs: [0.003]
+    train:            # any other TrainConfig field
+      steps: 400
+      batch_size: 128
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
+import dataclasses
+import logging
+import math
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .store import ResultStore, structure_meta
+
+__all__ = ["SweepSpec", "SweepOutcome", "load_spec", "preset_names", "run_sweep", "search",
+           "format_outcome"]
+
+log = logging.getLogger("einsearch.sweep")
+
+# fields of a run that the spec sweeps over, so they may not be set inside ``train``
+_AXES = {"task": "task", "structure": "structures", "width": "widths", "seed": "seeds",
+         "lr": "lrs"}
+_EXTRA_KEYS = {"description"}
+
+
+def _train_config_cls():
+    from .train import TrainConfig
+
+    return TrainConfig
+
+
+def _train_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(_train_config_cls())}
+
+
+def _as_list(value: Any, name: str) -> list:
+    if isinstance(value, (str, int, float)):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise ValueError(f"{name} must be a list, got {type(value).__name__}: {value!r}")
+
+
+@dataclass
+class SweepSpec:
+    """What to train: the product structures x widths x seeds x lrs, each a ``TrainConfig``.
+
+    ``train`` holds every other ``TrainConfig`` field (steps, batch_size, ...). Unless
+    ``include_dense`` is False, dense is added as the first structure when absent: every
+    compute multiplier is measured against it.
+    """
+
+    task: str = "regression"
+    structures: list[str] = field(default_factory=lambda: ["dense"])
+    widths: list[int] = field(default_factory=lambda: [64])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    lrs: list[float] = field(default_factory=lambda: [3e-3])
+    train: dict[str, Any] = field(default_factory=dict)
+    include_dense: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task, str) or not self.task:
+            raise ValueError(f"task must be a non-empty string, got {self.task!r}")
+        self.structures = [str(s).strip() for s in _as_list(self.structures, "structures")]
+        if not self.structures:
+            raise ValueError("structures must not be empty")
+        from .theta import resolve_structure
+
+        thetas = [resolve_structure(s) for s in self.structures]  # ValueError names the bad one
+        dense = resolve_structure("dense")
+        if self.include_dense and dense not in thetas:
+            self.structures.insert(0, "dense")
+        self.structures = list(dict.fromkeys(self.structures))
+        self.widths = [_positive_int(w, "widths") for w in _as_list(self.widths, "widths")]
+        self.seeds = [_int(s, "seeds") for s in _as_list(self.seeds, "seeds")]
+        self.lrs = [_positive_float(x, "lrs") for x in _as_list(self.lrs, "lrs")]
+        for name in ("widths", "seeds", "lrs"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
+        if not isinstance(self.train, Mapping):
+            raise ValueError(f"train must be a mapping of TrainConfig fields, got {self.train!r}")
+        self.train = dict(self.train)
+        for key in self.train:
+            if key in _AXES:
+                raise ValueError(f"train.{key}: set '{_AXES[key]}' at the top level of the spec "
+                                 "instead (it is swept over)")
+
+    def validate_train_keys(self) -> None:
+        """Raise ValueError naming any ``train`` key that is not a TrainConfig field."""
+        known = _train_fields()
+        for key in self.train:
+            if key not in known:
+                raise ValueError(f"unknown key train.{key!r}; TrainConfig fields are "
+                                 f"{sorted(known - set(_AXES))}")
+
+    def configs(self) -> list[Any]:
+        """One ``TrainConfig`` per (structure, width, seed, lr), duplicates removed."""
+        self.validate_train_keys()
+        cls = _train_config_cls()
+        out, seen = [], set()
+        for s in self.structures:
+            for w in self.widths:
+                for seed in self.seeds:
+                    for lr in self.lrs:
+                        cfg = cls(task=self.task, structure=s, width=w, seed=seed, lr=lr,
+                                  **self.train)
+                        if cfg.run_id() not in seen:
+                            seen.add(cfg.run_id())
+                            out.append(cfg)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if not d["description"]:
+            d.pop("description")
+        if d["include_dense"]:
+            d.pop("include_dense")
+        return d
+
+
+def _positive_int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError(f"{name}: expected positive integers, got {v!r}")
+    return v
+
+
+def _int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{name}: expected integers, got {v!r}")
+    return v
+
+
+def _positive_float(v: Any, name: str) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected positive numbers, got {v!r}") from None
+    if isinstance(v, bool) or not math.isfinite(x) or x <= 0:
+        raise ValueError(f"{name}: expected positive numbers, got {v!r}")
+    return x
+
+
+# ------------------------------------------------------------------------------------------
+# loading
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``einsearch/presets``."""
+    from importlib.resources import files
+
+    folder = files("einsearch").joinpath("presets")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_preset(name: str) -> tuple[dict[str, Any], str]:
+    from importlib.resources import files
+
+    import yaml
+
+    if name not in preset_names():
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())} "
+                         "(or give a path to a .yaml / .toml file)")
+    text = files("einsearch").joinpath("presets", f"{name}.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text) or {}, f"preset {name!r}"
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no spec file at {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text), str(path)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: invalid TOML: {err}") from None
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: invalid YAML: {err}") from None
+    return data or {}, str(path)
+
+
+def load_spec(preset_or_path: str | os.PathLike[str], **overrides: Any) -> SweepSpec:
+    """Load a preset by name (``"demo"``) or a YAML / TOML spec file, then apply overrides.
+
+    Overrides are SweepSpec fields (``structures=[...]``, ``widths=[...]``, ``task=...``) or
+    TrainConfig fields (``steps=100``), which go into ``spec.train``; ``None`` values are
+    ignored so a CLI can pass its optional arguments straight through. Unknown keys in the file
+    or the overrides raise ``ValueError`` naming the key.
+    """
+    text = os.fspath(preset_or_path)
+    path = Path(text).expanduser()
+    looks_like_file = (path.suffix.lower() in (".yaml", ".yml", ".toml") or os.sep in text
+                       or path.exists())
+    data, source = _read_file(path) if looks_like_file else _read_preset(text)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: a spec must be a mapping of keys, got {type(data).__name__}")
+    data = dict(data)
+    spec_fields = {f.name for f in dataclasses.fields(SweepSpec)}
+    for key in data:
+        if key not in spec_fields | _EXTRA_KEYS:
+            hint = (f" (did you mean to put it under 'train:'?)"
+                    if _safe_train_fields() and key in _safe_train_fields() else "")
+            raise ValueError(f"{source}: unknown key {key!r}{hint}; allowed keys are "
+                             f"{sorted(spec_fields)}")
+    train = dict(data.get("train") or {})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "train":
+            train.update(value)
+        elif key in spec_fields:
+            data[key] = value
+        elif key in _train_fields():
+            if key in _AXES:
+                data[_AXES[key]] = value
+            else:
+                train[key] = value
+        else:
+            raise ValueError(f"unknown override {key!r}; use a sweep key "
+                             f"{sorted(spec_fields)} or a TrainConfig field")
+    data["train"] = train
+    try:
+        spec = SweepSpec(**data)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    try:
+        spec.configs()  # every key and value checked now, not an hour into the sweep
+    except ImportError:  # pragma: no cover - train module unavailable
+        pass
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{source}: {err}") from None
+    return spec
+
+
+def search(preset: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+           task: str | None = None, structures: list[str] | None = None,
+           widths: list[int] | None = None, jobs: int = 1, show_progress: bool = True,
+           **train_overrides: Any) -> SweepOutcome:
+    """``einsearch search``: load ``preset`` (name or file), apply overrides, run, report."""
+    spec = load_spec(preset, task=task, structures=structures, widths=widths, **train_overrides)
+    return run_sweep(spec, out_dir, jobs=jobs, show_progress=show_progress)
+
+
+def format_outcome(outcome: SweepOutcome) -> str:
+    """Short human summary of a sweep for the command line."""
+    lines = [f"{outcome.total} runs: {outcome.skipped} already done, {outcome.finished} finished, "
+             f"{outcome.diverged} diverged, {outcome.failed} failed "
+             f"({outcome.wall_time_s:.0f} s) -> {outcome.out_dir}"]
+    for structure, width, err in outcome.failures:
+        lines.append(f"  failed: {structure} width {width}: {err}")
+    if outcome.report_error:
+        lines.append(f"no report: {outcome.report_error}")
+    elif outcome.summary is not None:
+        lines.append(f"report: {Path(outcome.out_dir) / 'report.md'}")
+        for row in outcome.summary["structures"]:
+            m, ci = row["compute_multiplier"], row["compute_multiplier_ci"]
+            mult = "n/a" if m is None else f"{m:.3g}x"
+            if m is not None and ci[0] is not None and not row.get("is_dense"):
+                mult += f" [{ci[0]:.3g}, {ci[1]:.3g}]"
+            b = "n/a" if row["exponent"] is None else f"{row['exponent']:.3g}"
+            lines.append(f"  {row['name']:<34} multiplier {mult:<22} exponent {b}")
+    return "\n".join(lines)
+
+
+def _safe_train_fields() -> set[str]:
+    try:
+        return _train_fields()
+    except ImportError:  # pragma: no cover
+        return set()
+
+
+# ------------------------------------------------------------------------------------------
+# running
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep did. ``summary`` is the report's summary dict (None if it failed)."""
+
+    out_dir: Path
+    total: int
+    skipped: int
+    finished: int = 0
+    diverged: int = 0
+    failed: int = 0
+    failures: list[tuple[str, int, str]] = field(default_factory=list)  # (structure, width, error)
+    wall_time_s: float = 0.0
+    summary: dict[str, Any] | None = None
+    report_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.report_error is None
+
+
+def _default_train():
+    from .train import train
+
+    return train
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # pragma: no cover - already set
+        pass
+
+
+def _run_one(config: Any, train_fn: Callable | None) -> tuple[str, Any, float]:
+    """Worker body: ("ok", RunResult, seconds) or ("failed", traceback text, seconds)."""
+    start = time.perf_counter()
+    try:
+        fn = train_fn or _default_train()
+        return "ok", fn(config), time.perf_counter() - start
+    except Exception:  # noqa: BLE001 - any trainer error becomes a recorded failure
+        return "failed", traceback.format_exc(limit=20), time.perf_counter() - start
+
+
+def _write_spec(spec: SweepSpec, out_dir: Path) -> None:
+    import yaml
+
+    from . import __version__
+
+    header = (f"# einsearch {__version__} sweep spec, resolved "
+              f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}.\n"
+              f"# Rerun or resume with: einsearch search --preset {out_dir / 'spec.yaml'} "
+              f"--out {out_dir}\n")
+    body = yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=None)
+    tmp = out_dir / f".spec.yaml.{os.getpid()}.tmp"
+    tmp.write_text(header + body, encoding="utf-8")
+    os.replace(tmp, out_dir / "spec.yaml")
+
+
+def _cost_key(cfg: Any) -> tuple:
+    """Largest runs first, so the last ones to finish are short (better packing over workers)."""
+    return (-int(getattr(cfg, "width", 0)) * int(getattr(cfg, "steps", 1)), str(cfg.structure))
+
+
+def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike[str], jobs: int = 1,
+              show_progress: bool = True, *, train_fn: Callable | None = None,
+              report: bool = True, n_bootstrap: int = 200) -> SweepOutcome:
+    """Run (or resume) ``spec`` into ``out_dir`` and write the report. See the module docstring.
+
+    ``train_fn`` replaces ``einsearch.train.train`` (a module-level function, so that worker
+    processes can import it); ``report=False`` skips the report.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = spec.configs()
+    metas = {s: structure_meta(s) for s in spec.structures}
+    _write_spec(spec, out)
+
+    with ResultStore(out / "results.sqlite") as store:
+        done = store.finished_run_ids()
+        todo = sorted((c for c in configs if c.run_id() not in done), key=_cost_key)
+        outcome = SweepOutcome(out_dir=out, total=len(configs), skipped=len(configs) - len(todo))
+        if outcome.skipped:
+            log.info("resuming: %d of %d runs already in %s", outcome.skipped, len(configs),
+                     store.path)
+        bar = _progress_bar(len(configs), outcome.skipped, show_progress)
+        try:
+            def record(cfg: Any, status: str, payload: Any, seconds: float) -> None:
+                meta = metas[cfg.structure]
+                if status == "ok":
+                    store.record(payload, meta)
+                    if payload.status == "diverged":
+                        outcome.diverged += 1
+                    else:
+                        outcome.finished += 1
+                    loss = payload.final_eval_loss
+                    if loss is None and payload.points:
+                        loss = payload.points[-1].train_loss
+                    bar.set_postfix_str(f"{cfg.structure} w={cfg.width}: "
+                                        f"{payload.status}, loss={_fmt_loss(loss)}")
+                else:
+                    store.record_failure(cfg, payload, meta, wall_time_s=seconds)
+                    outcome.failed += 1
+                    last = str(payload).strip().splitlines()[-1] if str(payload).strip() else ""
+                    outcome.failures.append((cfg.structure, cfg.width, last))
+                    log.error("run %s (structure %s, width %s) failed:\n%s", cfg.run_id(),
+                              cfg.structure, cfg.width, payload)
+                    bar.set_postfix_str(f"{cfg.structure} w={cfg.width}: FAILED")
+                bar.update(1)
+
+            if jobs == 1:
+                _run_serial(todo, train_fn, record, bar)
+            else:
+                _run_parallel(todo, train_fn, record, jobs)
+        finally:
+            bar.close()
+    outcome.wall_time_s = time.perf_counter() - t0
+    if report:
+        from .report import write_report
+
+        try:
+            outcome.summary = write_report(out, task=spec.task, n_bootstrap=n_bootstrap)
+        except (ValueError, FileNotFoundError) as err:
+            outcome.report_error = str(err)
+            log.error("no report: %s", err)
+    return outcome
+
+
+def _fmt_loss(x: Any) -> str:
+    return "n/a" if x is None or not math.isfinite(float(x)) else f"{float(x):.4g}"
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix_str(self, s: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress_bar(total: int, initial: int, show: bool):
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="run", desc="sweep", file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _run_serial(todo: list, train_fn: Callable | None, record: Callable, bar: Any) -> None:
+    fn = train_fn or _default_train()
+    for cfg in todo:
+        def progress(step: int, loss: float, cfg=cfg) -> None:
+            bar.set_postfix_str(f"{cfg.structure} w={cfg.width} step {step}: "
+                                f"loss={_fmt_loss(loss)}")
+
+        start = time.perf_counter()
+        try:
+            result = fn(cfg, progress)
+        except Exception:  # noqa: BLE001
+            record(cfg, "failed", traceback.format_exc(limit=20), time.perf_counter() - start)
+            continue
+        record(cfg, "ok", result, time.perf_counter() - start)
+
+
+def _run_parallel(todo: list, train_fn: Callable | None, record: Callable, jobs: int) -> None:
+    """Keep ``jobs`` runs in flight in a pool of spawned workers.
+
+    A worker that dies (killed for memory, a segfault) breaks the whole pool and every run in
+    flight with it. Those runs become suspects: once the pool is replaced, each suspect is run
+    alone, so a second death is attributed to the right run (recorded ``failed``) and the
+    innocent ones finish normally.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    pending = collections.deque(todo)
+    suspects: collections.deque = collections.deque()
+
+    def new_pool() -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker)
+
+    pool = new_pool()
+    in_flight: dict[cf.Future, tuple[Any, float]] = {}
+    isolating = False
+    try:
+        while True:
+            if not in_flight and suspects:
+                cfg = suspects.popleft()
+                in_flight[pool.submit(_run_one, cfg, train_fn)] = (cfg, time.perf_counter())
+                isolating = True
+            elif not isolating:
+                while pending and len(in_flight) < jobs:
+                    cfg = pending.popleft()
+                    in_flight[pool.submit(_run_one, cfg, train_fn)] = (cfg, time.perf_counter())
+            if not in_flight:
+                break
+            finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+            broken = False
+            for fut in finished:
+                cfg, start = in_flight.pop(fut)
+                try:
+                    status, payload, seconds = fut.result()
+                except BrokenProcessPool as err:
+                    broken = True
+                    if not isolating:
+                        log.warning("a worker process died while training %s w=%s (or a run "
+                                    "beside it); retrying the runs in flight one at a time",
+                                    cfg.structure, cfg.width)
+                        suspects.append(cfg)
+                        continue
+                    status, payload = "failed", f"worker process died: {err!r}"
+                    seconds = time.perf_counter() - start
+                except Exception as err:  # noqa: BLE001 - e.g. a result that cannot be pickled
+                    status, payload = "failed", "".join(traceback.format_exception(err))
+                    seconds = time.perf_counter() - start
+                record(cfg, status, payload, seconds)
+            if not in_flight:
+                isolating = False
+            if broken:
+                suspects.extend(cfg for cfg, _ in in_flight.values())
+                in_flight.clear()
+                isolating = False
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = new_pool()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
