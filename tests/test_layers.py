@@ -177,6 +177,14 @@ def test_einsum_norm_caps_core_rms():
     assert {"gain_a", "gain_b"} <= {n for n, _ in layer.named_parameters()}
 
 
+def test_einsum_norm_on_zero_init_core_has_finite_gradients():
+    layer = EinsumLinear(32, 32, "btt", einsum_norm=True, zero_init=True, dtype=f64)
+    (layer(torch.randn(4, 32, dtype=f64)) - 1).pow(2).sum().backward()
+    for name, p in layer.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
+    assert getattr(layer, layer.last_core()).grad.abs().sum() > 0
+
+
 def test_state_dict_round_trip_keeps_config():
     layer = EinsumLinear(48, 40, "btt", einsum_norm=True)
     other = EinsumLinear(48, 40, "btt", einsum_norm=True)

@@ -164,9 +164,10 @@ class EinsumLinear(nn.Module):
     def _normalized(self, core: Tensor, gain: Tensor, name: str) -> Tensor:
         if core.numel() == 1:
             return core
-        scale = self.init_std(name)
-        rms = core.pow(2).mean().sqrt()
-        return core * (gain / torch.clamp(rms / scale, min=1.0))
+        # (RMS / init scale)^2, clamped before the root so a zero core (zero init) has a
+        # finite, zero gradient through the norm instead of sqrt'(0) = inf.
+        ratio_sq = core.pow(2).mean() / self.init_std(name) ** 2
+        return core * (gain * torch.clamp(ratio_sq, min=1.0).rsqrt())
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.d_in:
