@@ -41,3 +41,17 @@ def test_console_script_entry_point():
     proc = subprocess.run([sys.executable, "-m", "einsearch.cli", "info", "kronecker", "--d-in", "256"],
                           capture_output=True, text=True, check=True)
     assert "omega (parameter sharing)" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["search", "--task", "nope", "--preset", "tiny"], "task must be one of"),
+    (["search", "--preset", "nope"], "unknown preset 'nope'"),
+    (["search", "--preset", "tiny", "--structures", "foo"], "unknown structure 'foo'"),
+    (["report", "/nonexistent/dir"], "no results store"),
+])
+def test_search_and_report_errors_are_clean(argv, message, capsys, tmp_path):
+    if argv[0] == "search":
+        argv = argv + ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

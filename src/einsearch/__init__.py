@@ -8,6 +8,8 @@ Public API::
     taxonomy                           # omega / psi / nu
     param_groups                       # muP learning rates as plain torch param groups
     structurize                        # replace the linear layers of an existing model
+    TrainConfig, train                 # one training run: a pure function of its config
+    get_task, load_corpus              # tasks (regression, charlm) and the text-corpus loader
 """
 
 from .convert import StructurizeSummary, structurize
@@ -16,6 +18,9 @@ from .mup import lr_multipliers, param_groups
 from .plan import EinsumPlan, make_plan
 from .taxonomy import Taxonomy, closed_form_flops, closed_form_params, taxonomy
 from .theta import NAMED_STRUCTURES, Theta, resolve_structure, structure_names
+from .models import GPT, ResidualMLP
+from .tasks import Corpus, Task, get_task, load_corpus, register_task, task_names
+from .train import Point, RunResult, TrainConfig, train
 
 __version__ = "0.1.0"
 
@@ -24,4 +29,6 @@ __all__ = [
     "EinsumPlan", "make_plan", "EinsumLinear", "LayerCost",
     "Taxonomy", "taxonomy", "closed_form_params", "closed_form_flops",
     "param_groups", "lr_multipliers", "structurize", "StructurizeSummary",
+    "TrainConfig", "Point", "RunResult", "train",
+    "Task", "get_task", "register_task", "task_names", "load_corpus", "Corpus", "GPT", "ResidualMLP",
 ]

@@ -59,6 +59,27 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .sweep import format_outcome, search
+
+    out = args.out or f"runs/{args.preset}"
+    print(f"einsearch search: preset {args.preset!r}, task {args.task or '(preset default)'} -> {out}",
+          flush=True)
+    outcome = search(args.preset, out, task=args.task, structures=args.structures, widths=args.widths,
+                     jobs=args.jobs, show_progress=not args.quiet, steps=args.steps, data=args.data)
+    print(format_outcome(outcome))
+    return 0 if outcome.ok else 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    summary = write_report(args.dir)
+    print(f"wrote {args.dir}/report.md, summary.json and plots for task {summary['task']!r} "
+          f"({len(summary['structures'])} structures)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="einsearch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--d-in", type=_positive_int, default=1024)
     info.add_argument("--d-out", type=_positive_int, default=None, help="default: same as --d-in")
     info.set_defaults(func=_cmd_info)
+
+    search = sub.add_parser("search", help="train structures x widths, fit scaling laws, write a report",
+                            description="Runs a sweep (resumable: finished runs in --out are skipped) "
+                            "and writes summary.json, plots and report.md into --out.")
+    search.add_argument("--task", default=None, help="regression or charlm (default: the preset's)")
+    search.add_argument("--preset", default="demo", help="preset name or path to a .yaml/.toml spec")
+    search.add_argument("--out", default=None, help="output directory (default: runs/PRESET)")
+    search.add_argument("--structures", nargs="+", default=None, help="override the preset's structures")
+    search.add_argument("--widths", nargs="+", type=_positive_int, default=None)
+    search.add_argument("--steps", type=_positive_int, default=None, help="training steps per run")
+    search.add_argument("--data", default=None, help="text file or directory for charlm")
+    search.add_argument("--jobs", type=_positive_int, default=1, help="parallel worker processes")
+    search.add_argument("--quiet", action="store_true", help="no progress bar")
+    search.set_defaults(func=_cmd_search)
+
+    report = sub.add_parser("report", help="regenerate the report of a search from its results store")
+    report.add_argument("dir", help="the --out directory of a search")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 
