@@ -1,0 +1,521 @@
+"""Mixtures of experts: BTT-MoE (an MoE inside every linear layer) and the standard FFN MoE.
+
+BTT-MoE (DESIGN.md section 5). A Block Tensor-Train layer (theta = btt, A contracted first)
+whose rank axis rho has exactly ``num_experts`` = E slices::
+
+    z[n, b, g, d, f, r] = sum_a x[n, a, b, g] * A[a, g, d, f, r]          (first core)
+    y[n, d, e, f]       = sum_{b, g, r in top_k(n)} gate[n, r] * z[n, b, g, d, f, r] * B[b, g, e, f, r]
+
+Rank slice r of (A, B) is expert r: on its own it is a rank-1 BTT, i.e. a Monarch layer. A
+router (a dense d_in x E map, zero at init) scores the experts per token; the top-k scores
+are kept and turned into gates by a softmax over those k logits; the gate multiplies the
+intermediate z[..., r] before the second core. Only the k active slices are computed: token /
+expert assignments are sorted by expert and each expert runs its two small batched matmuls on
+the tokens routed to it, so counted FLOPs and wall-clock both fall as top_k / num_experts.
+
+Cost per token (``BTTMoELinear.flops_per_token``)::
+
+    router:      2 * d_in * E
+    each expert: 2 * (n_alpha*n_beta*n_gamma*n_delta*n_phi + n_beta*n_gamma*n_delta*n_epsilon*n_phi)
+                 (padded sizes; the FLOPs of one Monarch layer of these sizes)
+    total:       router + top_k * expert
+
+Gating multiplies and the scatter-add back to token order are O(d) per assignment and, like the
+bias, are not counted (``torch.utils.flop_counter.FlopCounterMode`` counts the same things).
+
+muP (DESIGN.md section 4): each core is initialized with the spectral scale of the rank-1
+expert (the second core's fan-in uses n_rho = 1), so every expert alone has the scale of a
+Monarch layer and a gated sum of k experts (gates summing to 1) keeps that scale. Core learning
+rates follow the same per-expert fans (``mup_lr_multipliers``); the router keeps the plain rate.
+
+Auxiliary loss (``layer.aux_loss`` after each forward; ``aux_loss(model)`` averages over the MoE
+layers of a model)::
+
+    E * sum_e mean_prob_e * fraction_e  +  0.1 * mean_n logsumexp(logits_n)^2
+
+with mean_prob the softmax over all E logits averaged over tokens and fraction_e the share of
+the n * top_k assignments that went to expert e (1 when perfectly balanced).
+
+The standard baseline, ``MoEFFN``, has E dense GELU FFN experts (w -> hidden_mult*w -> w, no
+bias) behind the same router, gates and aux loss; ``moeify`` puts one in every transformer
+block of ``einsearch.models.gpt.GPT`` in place of its MLP.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .functional import crop_output, pad_input
+from .layers import LayerCost
+from .mup import width_multiplier
+from .plan import AxisSizes, EinsumPlan, make_plan
+from .theta import Theta
+
+__all__ = ["BTTMoELinear", "MoEFFN", "Router", "Routing", "aux_loss", "moeify", "router_aux_loss",
+           "Z_LOSS_WEIGHT"]
+
+#: weight of the router z-loss inside each layer's aux loss
+Z_LOSS_WEIGHT = 0.1
+
+
+def _positive_int(name: str, value: object, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_moe_args(num_experts: object, top_k: object, owner: str) -> tuple[int, int]:
+    num_experts = _positive_int("num_experts", num_experts, owner)
+    top_k = _positive_int("top_k", top_k, owner)
+    if top_k > num_experts:
+        raise ValueError(f"{owner}: top_k must be <= num_experts, got top_k={top_k} > num_experts={num_experts}")
+    return num_experts, top_k
+
+
+# --------------------------------------------------------------------------- routing
+@dataclass
+class Routing:
+    """Per-token routing decision.
+
+    expert: (n, k) chosen expert ids; gate: (n, k) softmax over the chosen logits;
+    logits: (n, E) raw router scores; aux: scalar auxiliary loss of this decision.
+    """
+
+    expert: Tensor
+    gate: Tensor
+    logits: Tensor
+    aux: Tensor
+
+
+def router_aux_loss(logits: Tensor, expert: Tensor, num_experts: int) -> Tensor:
+    """Switch load balancing + 0.1 * z-loss for router ``logits`` (n, E) and top-k ``expert`` (n, k)."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    logits = logits.to(dtype)
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    mean_prob = torch.softmax(logits, dim=-1).mean(0)
+    counts = torch.bincount(expert.reshape(-1), minlength=num_experts).to(dtype)
+    fraction = counts / expert.numel()
+    balance = num_experts * (mean_prob * fraction).sum()
+    z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
+    return balance + Z_LOSS_WEIGHT * z_loss
+
+
+class Router(nn.Module):
+    """Dense d_in x E scoring map (no bias, zero init) with top-k softmax gates.
+
+    Deliberately not an ``nn.Linear``, so ``structurize`` never replaces it and muP gives it
+    the plain learning rate.
+    """
+
+    def __init__(self, d_in: int, num_experts: int, top_k: int, *, device=None, dtype=None) -> None:
+        super().__init__()
+        self.num_experts, self.top_k = num_experts, top_k
+        self.weight = nn.Parameter(torch.zeros(num_experts, d_in, device=device, dtype=dtype))
+
+    def forward(self, x2: Tensor) -> Routing:
+        logits = F.linear(x2, self.weight)
+        top_logits, expert = logits.topk(self.top_k, dim=-1)
+        gate = torch.softmax(top_logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        return Routing(expert, gate.to(x2.dtype), logits, router_aux_loss(logits, expert, self.num_experts))
+
+    def flops_per_token(self) -> int:
+        return 2 * self.weight.shape[0] * self.weight.shape[1]
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.weight.shape[1]}, num_experts={self.num_experts}, top_k={self.top_k}"
+
+
+def _dispatch(routing: Routing) -> tuple[Tensor, Tensor, list[int]]:
+    """Sort the n * k token/expert assignments by expert.
+
+    Returns (token index of each sorted assignment, its gate, number of assignments per expert).
+    """
+    num_experts = routing.logits.shape[-1]
+    k = routing.expert.shape[-1]
+    flat = routing.expert.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    token = torch.div(order, k, rounding_mode="floor")
+    counts = torch.bincount(flat, minlength=num_experts).tolist()
+    return token, routing.gate.reshape(-1)[order], counts
+
+
+class _Permuted(torch.autograd.Function):
+    """``x.permute(dims).contiguous()`` whose gradient is contiguous too.
+
+    Autograd's own backward of a permute hands the next matmul a strided gradient, and CPU
+    ``bmm`` then copies it one small matrix at a time; one bulk copy is several times faster.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dims: tuple[int, ...]) -> Tensor:
+        ctx.inverse = tuple(sorted(range(len(dims)), key=dims.__getitem__))
+        return x.permute(dims).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad.permute(ctx.inverse).contiguous(), None
+
+
+def _permuted(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    return _Permuted.apply(x, dims)
+
+
+def _combine(token: Tensor, pieces: list[Tensor], n: int, width: int, like: Tensor) -> Tensor:
+    """Scatter-add the per-assignment outputs back to token order: (n, width)."""
+    out = like.new_zeros(n, width)
+    if not pieces:
+        return out
+    return out.index_add(0, token, torch.cat(pieces))
+
+
+# --------------------------------------------------------------------------- BTT-MoE
+class BTTMoELinear(nn.Module):
+    """A BTT layer whose rank axis is a mixture of ``num_experts`` experts, gated per token.
+
+    Args:
+        d_in, d_out: input and output widths (positive integers).
+        num_experts: E, the size of the rank axis; each rank slice is one expert.
+        top_k: experts active per token (1 <= top_k <= num_experts).
+        bias: add a learnable bias of shape (d_out,).
+        einsum_norm: divide a core whose RMS exceeds its init scale by RMS / init scale, with a
+            learnable scalar gain per core (DESIGN.md section 4).
+        zero_init: start the second core (B) at zero, so the layer outputs zero at init.
+
+    Shapes: input (..., d_in) -> output (..., d_out). ``core_a`` has axes (alpha, gamma, delta,
+    phi, rho) and ``core_b`` (beta, gamma, epsilon, phi, rho), with rho of size E; the other
+    sizes are those ``make_plan(Theta.btt(0), d_in, d_out)`` chooses (zero padding included).
+    ``router.weight`` is (E, d_in). After each forward ``aux_loss`` holds this layer's
+    auxiliary loss (a scalar tensor).
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        num_experts: int,
+        top_k: int = 2,
+        bias: bool = True,
+        *,
+        einsum_norm: bool = False,
+        zero_init: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        d_in = _positive_int("d_in", d_in, "BTTMoELinear")
+        d_out = _positive_int("d_out", d_out, "BTTMoELinear")
+        self.num_experts, self.top_k = check_moe_args(num_experts, top_k, "BTTMoELinear")
+        #: plan of one expert (a rank-1 BTT, i.e. Monarch): sizes, padding and per-expert fans
+        self.expert_plan: EinsumPlan = make_plan(Theta.btt(0.0), d_in, d_out)
+        s = self.expert_plan.sizes
+        self.sizes = AxisSizes(s.alpha, s.beta, s.gamma, s.delta, s.epsilon, s.phi, self.num_experts)
+        self.einsum_norm, self.zero_init = bool(einsum_norm), bool(zero_init)
+        factory = {"device": device, "dtype": dtype}
+        E = self.num_experts
+        self.core_a = nn.Parameter(torch.empty(s.alpha, s.gamma, s.delta, s.phi, E, **factory))
+        self.core_b = nn.Parameter(torch.empty(s.beta, s.gamma, s.epsilon, s.phi, E, **factory))
+        if einsum_norm:
+            self.gain_a = nn.Parameter(torch.ones((), **factory))
+            self.gain_b = nn.Parameter(torch.ones((), **factory))
+        self.bias = nn.Parameter(torch.zeros(d_out, **factory)) if bias else None
+        self.router = Router(d_in, E, self.top_k, **factory)
+        self.aux_loss: Tensor | None = None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def d_in(self) -> int:
+        return self.expert_plan.d_in
+
+    @property
+    def d_out(self) -> int:
+        return self.expert_plan.d_out
+
+    in_features = d_in
+    out_features = d_out
+
+    def fans(self, core: str) -> tuple[int, int]:
+        """(fan_in, fan_out) of ``core_a`` / ``core_b`` for ONE expert (n_rho = 1), A first."""
+        s = self.sizes
+        if core[-1].upper() == "A":
+            return s.alpha, s.delta * s.phi
+        return s.beta * s.gamma, s.epsilon
+
+    def init_std(self, core: str) -> float:
+        """Spectral init std of a core, per expert: sqrt(min(fan_in, fan_out)) / fan_in."""
+        fan_in, fan_out = self.fans(core)
+        return math.sqrt(min(fan_in, fan_out)) / fan_in
+
+    def lr_multiplier(self, core: str) -> float:
+        """Structure part of a core's Adam LR multiplier: (d_in / core fan-in) / 2."""
+        return (self.d_in / self.fans(core)[0]) / 2
+
+    def mup_lr_multipliers(self, base_width: int | None = None, width: int | None = None) -> dict[str, float]:
+        """Per-parameter LR multipliers, read by ``einsearch.mup.param_groups``."""
+        wm = width_multiplier(self.d_in, width, base_width)
+        return {"core_a": self.lr_multiplier("core_a") * wm,
+                "core_b": self.lr_multiplier("core_b") * wm,
+                "router.weight": 1.0}
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.core_a.normal_(0.0, self.init_std("core_a"))
+        self.core_b.normal_(0.0, self.init_std("core_b"))
+        if self.zero_init:
+            self.core_b.zero_()
+        if self.bias is not None:
+            self.bias.zero_()
+        if self.einsum_norm:
+            self.gain_a.fill_(1.0)
+            self.gain_b.fill_(1.0)
+        self.router.weight.zero_()
+
+    def effective_cores(self) -> tuple[Tensor, Tensor]:
+        """Cores as used in the forward pass (after the optional einsum norm)."""
+        a, b = self.core_a, self.core_b
+        if self.einsum_norm:
+            # (RMS / init scale)^2 clamped before the root: a zero core gets a finite gradient
+            a = a * (self.gain_a * torch.clamp(a.pow(2).mean() / self.init_std("core_a") ** 2, min=1.0).rsqrt())
+            b = b * (self.gain_b * torch.clamp(b.pow(2).mean() / self.init_std("core_b") ** 2, min=1.0).rsqrt())
+        return a, b
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.d_in:
+            raise ValueError(f"BTTMoELinear expected input of width d_in={self.d_in} in its last "
+                             f"dimension, got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.d_in)
+        n = x2.shape[0]
+        routing = self.router(x2)
+        self.aux_loss = routing.aux
+        token, gate, counts = _dispatch(routing)
+        pieces = self._experts(pad_input(x2, self.expert_plan), token, gate, counts)
+        y = crop_output(_combine(token, pieces, n, self.expert_plan.d_out_padded, x2), self.expert_plan)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.d_out)
+
+    def _experts(self, xp: Tensor, token: Tensor, gate: Tensor, counts: list[int]) -> list[Tensor]:
+        """Outputs (m_e, d_out_padded) of every expert on its m_e sorted assignments.
+
+        Expert e is a rank-1 BTT run as two batched matmuls on contiguous operands:
+        step 1 batches over gamma, (m*beta, alpha) @ (alpha, delta*phi); step 2 batches over
+        phi, (m*delta, beta*gamma) @ (beta*gamma, epsilon). Only experts with tokens run.
+        """
+        s = self.sizes
+        A, B, G, D, Eo, Fi = s.alpha, s.beta, s.gamma, s.delta, s.epsilon, s.phi
+        n = xp.shape[0]
+        a, b = self.effective_cores()
+        # (E, gamma, alpha, delta*phi) and (E, phi, beta*gamma, epsilon): one small copy each
+        cores_a = a.permute(4, 1, 0, 2, 3).reshape(s.rho, G, A, D * Fi).unbind(0)
+        cores_b = b.permute(4, 3, 0, 1, 2).reshape(s.rho, Fi, B * G, Eo).unbind(0)
+        x_g = _permuted(xp.reshape(n, A, B, G), (3, 0, 2, 1))  # (gamma, n, beta, alpha)
+        pieces = []
+        for a_e, b_e, t_e, g_e, m in zip(cores_a, cores_b, token.split(counts), gate.split(counts), counts):
+            if m == 0:
+                continue
+            x_e = x_g.index_select(1, t_e).reshape(G, m * B, A)
+            z = torch.bmm(x_e, a_e).reshape(G, m, B * D * Fi) * g_e.reshape(1, m, 1)
+            z = _permuted(z.reshape(G, m, B, D, Fi), (4, 1, 3, 2, 0)).reshape(Fi, m * D, B * G)
+            y_e = torch.bmm(z, b_e)  # (phi, m*delta, epsilon)
+            pieces.append(_permuted(y_e.reshape(Fi, m, D, Eo), (1, 2, 3, 0)).reshape(m, D * Eo * Fi))
+        return pieces
+
+    # ---------------------------------------------------------- dense reference
+    def expert_matrices(self, dtype: torch.dtype | None = None) -> Tensor:
+        """(E, d_out, d_in): each rank slice (expert) materialized as a dense matrix."""
+        a, b = self.effective_cores()
+        if dtype is not None:
+            a, b = a.to(dtype), b.to(dtype)
+        p = self.expert_plan
+        w = torch.einsum("agdfr,bgefr->rdefabg", a, b).reshape(self.num_experts, p.d_out_padded, p.d_in_padded)
+        return w[:, : self.d_out, : self.d_in]
+
+    def dense_reference(self, x: Tensor) -> Tensor:
+        """Float64 reference: y_n = sum over active experts e of gate_{n,e} * W_e x_n (+ bias).
+
+        Routing is recomputed in float64 from the same router; every expert is a dense matrix.
+        """
+        lead = x.shape[:-1]
+        x64 = x.reshape(-1, self.d_in).to(torch.float64)
+        logits = x64 @ self.router.weight.to(torch.float64).T
+        top_logits, expert = logits.topk(self.top_k, dim=-1)
+        gates = torch.zeros_like(logits).scatter(1, expert, torch.softmax(top_logits, dim=-1))
+        y = torch.einsum("ne,eoi,ni->no", gates, self.expert_matrices(torch.float64), x64)
+        if self.bias is not None:
+            y = y + self.bias.to(torch.float64)
+        return y.reshape(*lead, self.d_out)
+
+    # -------------------------------------------------------------------- cost
+    def expert_flops(self) -> int:
+        """Forward FLOPs per token of one expert (a rank-1 BTT on the padded sizes)."""
+        s = self.sizes
+        return 2 * (s.alpha * s.beta * s.gamma * s.delta * s.phi + s.beta * s.gamma * s.delta * s.epsilon * s.phi)
+
+    def flops_per_token(self) -> int:
+        """Active forward FLOPs per token: router 2*d_in*E + top_k * expert FLOPs (bias excluded)."""
+        return self.router.flops_per_token() + self.top_k * self.expert_flops()
+
+    def cost(self) -> LayerCost:
+        """Real per-token cost; ``core_params`` counts the cores and the router, ``flops`` is active."""
+        weights = self.core_a.numel() + self.core_b.numel() + self.router.weight.numel()
+        return LayerCost(
+            params=sum(p.numel() for p in self.parameters()),
+            core_params=weights,
+            flops=self.flops_per_token(),
+            dense_params=self.d_in * self.d_out,
+            dense_flops=2 * self.d_in * self.d_out,
+        )
+
+    def extra_repr(self) -> str:
+        s, p = self.sizes, self.expert_plan
+        pad = f", padded=({p.d_in_padded}->{p.d_out_padded})" if p.is_padded else ""
+        return (f"d_in={self.d_in}, d_out={self.d_out}, num_experts={self.num_experts}, top_k={self.top_k}, "
+                f"sizes=[alpha={s.alpha} beta={s.beta} gamma={s.gamma} | delta={s.delta} "
+                f"epsilon={s.epsilon} phi={s.phi} | rho={s.rho}]{pad}, bias={self.bias is not None}"
+                + (", einsum_norm=True" if self.einsum_norm else "")
+                + (", zero_init=True" if self.zero_init else "")
+                + f", active_flops/token={self.flops_per_token():,}")
+
+
+# --------------------------------------------------------------------------- FFN MoE
+class MoEFFN(nn.Module):
+    """Standard MoE feed-forward block: E dense GELU experts w -> hidden_mult*w -> w, no bias.
+
+    Args:
+        width: input and output width w.
+        num_experts, top_k: as for ``BTTMoELinear`` (same router, gates and aux loss).
+        hidden_mult: hidden width of each expert is ``hidden_mult * width``.
+        zero_init: start every expert's output projection at zero (last layer of a residual
+            branch); ``moeify`` sets it when the MLP it replaces started at zero.
+
+    ``w_fc`` is (E, w, h) and ``w_proj`` (E, h, w): expert e maps x to
+    ``gelu(x @ w_fc[e]) @ w_proj[e]``; the block returns sum over the top-k experts of
+    gate * expert(x). Only the active experts run.
+    """
+
+    def __init__(self, width: int, num_experts: int = 8, top_k: int = 2, hidden_mult: int = 4, *,
+                 zero_init: bool = False, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.width = _positive_int("width", width, "MoEFFN")
+        self.hidden_mult = _positive_int("hidden_mult", hidden_mult, "MoEFFN")
+        self.num_experts, self.top_k = check_moe_args(num_experts, top_k, "MoEFFN")
+        self.hidden = self.hidden_mult * self.width
+        self.zero_init = bool(zero_init)
+        factory = {"device": device, "dtype": dtype}
+        self.w_fc = nn.Parameter(torch.empty(self.num_experts, self.width, self.hidden, **factory))
+        self.w_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden, self.width, **factory))
+        self.router = Router(self.width, self.num_experts, self.top_k, **factory)
+        self.aux_loss: Tensor | None = None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        w, h = self.width, self.hidden
+        self.w_fc.normal_(0.0, math.sqrt(min(w, h)) / w)
+        if self.zero_init:
+            self.w_proj.zero_()
+        else:
+            self.w_proj.normal_(0.0, math.sqrt(min(w, h)) / h)
+        self.router.weight.zero_()
+
+    def mup_lr_multipliers(self, base_width: int | None = None, width: int | None = None) -> dict[str, float]:
+        """muP width multipliers of the expert weights (fan-ins w and h); router keeps the plain rate."""
+        return {"w_fc": width_multiplier(self.width, width, base_width),
+                "w_proj": width_multiplier(self.hidden, width, base_width),
+                "router.weight": 1.0}
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.width:
+            raise ValueError(f"MoEFFN expected input of width {self.width} in its last dimension, "
+                             f"got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.width)
+        routing = self.router(x2)
+        self.aux_loss = routing.aux
+        token, gate, counts = _dispatch(routing)
+        xs = x2.index_select(0, token)
+        pieces = []
+        for w1, w2, x_e, g_e, m in zip(self.w_fc, self.w_proj, xs.split(counts), gate.split(counts), counts):
+            if m == 0:
+                continue
+            pieces.append((F.gelu(x_e @ w1) @ w2) * g_e.unsqueeze(-1))
+        y = _combine(token, pieces, x2.shape[0], self.width, x2)
+        return y.reshape(*lead, self.width)
+
+    def expert_flops(self) -> int:
+        return 2 * 2 * self.width * self.hidden
+
+    def flops_per_token(self) -> int:
+        """Active forward FLOPs per token: router 2*w*E + top_k * 4*w*h."""
+        return self.router.flops_per_token() + self.top_k * self.expert_flops()
+
+    def extra_repr(self) -> str:
+        return (f"width={self.width}, hidden={self.hidden}, num_experts={self.num_experts}, top_k={self.top_k}"
+                + (", zero_init=True" if self.zero_init else "")
+                + f", active_flops/token={self.flops_per_token():,}")
+
+
+# --------------------------------------------------------------------------- model level
+_MOE_TYPES = (BTTMoELinear, MoEFFN)
+
+
+def aux_loss(model: nn.Module) -> Tensor:
+    """Mean of ``aux_loss`` over the MoE layers of ``model`` that have run a forward.
+
+    A zero scalar when the model has none (on the device of its first parameter).
+    """
+    losses = [m.aux_loss for m in model.modules() if isinstance(m, _MOE_TYPES) and m.aux_loss is not None]
+    if losses:
+        dtype = torch.float64 if any(loss.dtype == torch.float64 for loss in losses) else torch.float32
+        return torch.stack([loss.to(dtype) for loss in losses]).mean()
+    param = next(model.parameters(), None)
+    return torch.zeros((), device=param.device if param is not None else None)
+
+
+def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2):
+    """Replace the MLP of every transformer block of an ``einsearch.models.gpt.GPT`` with ``MoEFFN``.
+
+    The MLPs must still be dense (``nn.Linear`` fc and proj). Each ``MoEFFN`` keeps the MLP's
+    width, hidden multiple, device and dtype, and zero-inits its output projections when the
+    MLP's did. Returns a ``StructurizeSummary`` (params counted over all experts plus router;
+    FLOPs per token are the active ones).
+    """
+    from .convert import ReplacedLayer, StructurizeSummary, _set_submodule
+    from .models.gpt import MLP
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    num_experts, top_k = check_moe_args(num_experts, top_k, "moeify")
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, MLP)]
+    if not targets:
+        raise ValueError(f"moeify: {type(model).__name__} has no GPT MLP blocks "
+                         "(einsearch.models.gpt.MLP) to replace")
+    summary = StructurizeSummary(structure=f"moe(num_experts={num_experts}, top_k={top_k})")
+    for name, mlp in targets:
+        fc, proj = mlp.fc, mlp.proj
+        if type(fc) is not nn.Linear or type(proj) is not nn.Linear:
+            raise ValueError(f"moeify: {name} is not a dense MLP (fc={type(fc).__name__}, "
+                             f"proj={type(proj).__name__}); call moeify on the dense GPT")
+        width, hidden = fc.in_features, fc.out_features
+        if hidden % width or proj.in_features != hidden or proj.out_features != width:
+            raise ValueError(f"moeify: {name} has shape {width}->{hidden}->{proj.out_features}; "
+                             "expected w -> m*w -> w")
+        new = MoEFFN(width, num_experts, top_k, hidden // width,
+                     zero_init=bool((proj.weight.detach() == 0).all()),
+                     device=fc.weight.device, dtype=fc.weight.dtype)
+        _set_submodule(model, name, new)
+        summary.layers.append(ReplacedLayer(
+            name=name, kind=type(mlp).__name__, d_in=width, d_out=width,
+            params_before=2 * width * hidden, params_after=sum(p.numel() for p in new.parameters()),
+            flops_before=4 * width * hidden, flops_after=new.flops_per_token(),
+        ))
+    return summary
