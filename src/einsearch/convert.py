@@ -9,10 +9,14 @@ from typing import Callable, Iterable
 from torch import nn
 
 from .layers import EinsumLinear
+from .moe import BTTMoELinear, check_moe_args
 from .mup import _conv1d_type
 from .theta import Theta, resolve_structure
 
-__all__ = ["structurize", "StructurizeSummary", "ReplacedLayer", "linear_layers"]
+__all__ = ["structurize", "StructurizeSummary", "ReplacedLayer", "linear_layers", "MOE_STRUCTURE"]
+
+#: structure name that ``structurize`` maps to ``BTTMoELinear`` (an MoE in every linear layer)
+MOE_STRUCTURE = "btt_moe"
 
 Select = Callable[[str, nn.Module], bool] | Iterable[str] | str | None
 
@@ -118,6 +122,10 @@ def structurize(
     Returns:
         A summary of what was replaced, with params and FLOPs per token before and after.
 
+    ``structure="btt_moe"`` builds ``einsearch.moe.BTTMoELinear`` layers instead (pass
+    ``num_experts=`` and optionally ``top_k=``); their params count every expert and the
+    router, their FLOPs only the router and the top_k active experts.
+
     New layers are freshly initialized (structure-aware init); a layer whose weight was all
     zeros (zero-init residual output) gets ``zero_init=True``. Dtype and device follow the old
     layer.
@@ -126,18 +134,28 @@ def structurize(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     pick = _as_predicate(select, model)
     per_layer = structure if callable(structure) and not isinstance(structure, Theta) else None
-    if per_layer is None:
-        resolve_structure(structure)  # fail early on a bad name
-    label = "per-layer" if per_layer else str(resolve_structure(structure))
+    moe = isinstance(structure, str) and structure.strip().lower().replace("-", "_") == MOE_STRUCTURE
+    if moe:
+        if "num_experts" not in layer_kwargs:
+            raise ValueError(f"structurize(model, {structure!r}) needs num_experts=... (and optionally top_k=...)")
+        e, k = check_moe_args(layer_kwargs["num_experts"], layer_kwargs.get("top_k", 2), "structurize")
+        label = f"{MOE_STRUCTURE}(num_experts={e}, top_k={k})"
+    else:
+        # resolving here fails early on a bad name
+        label = "per-layer" if per_layer else str(resolve_structure(structure))
     summary = StructurizeSummary(structure=label)
     for name, module in linear_layers(model):
         if not pick(name, module):
             summary.skipped.append(name)
             continue
-        theta = resolve_structure(per_layer(name, module) if per_layer else structure)
         d_in, d_out, has_bias, is_zero = _dims(module)
         kwargs = {"bias": has_bias, "zero_init": is_zero, **layer_kwargs}
-        new = EinsumLinear(d_in, d_out, theta, device=module.weight.device, dtype=module.weight.dtype, **kwargs)
+        factory = {"device": module.weight.device, "dtype": module.weight.dtype}
+        if moe:
+            new = BTTMoELinear(d_in, d_out, **kwargs, **factory)
+        else:
+            theta = resolve_structure(per_layer(name, module) if per_layer else structure)
+            new = EinsumLinear(d_in, d_out, theta, **factory, **kwargs)
         _set_submodule(model, name, new)
         cost = new.cost()
         summary.layers.append(ReplacedLayer(
