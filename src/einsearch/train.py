@@ -43,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .mup import param_groups
 from .convert import structurize
+from .moe import aux_loss, moeify
 from .tasks import Task, get_task, task_names, task_options
 from .theta import resolve_structure
 
@@ -51,6 +52,11 @@ __all__ = ["TrainConfig", "Point", "RunResult", "train", "build_model", "count_f
 logger = logging.getLogger(__name__)
 
 SCHEDULES = ("constant", "cosine")
+#: MoE structures: "btt_moe" = a BTTMoELinear in every structured layer, "moe" = the dense model
+#: with a standard FFN MoE (``einsearch.moe.MoEFFN``) in every transformer block
+MOE_STRUCTURES = ("btt_moe", "moe")
+#: experts of an MoE structure when ``TrainConfig.num_experts`` is None
+DEFAULT_NUM_EXPERTS = 8
 #: cosine decays the LR from its peak to this fraction of it at the last step
 COSINE_FINAL_FRACTION = 0.1
 
@@ -81,7 +87,10 @@ class TrainConfig:
         einsum_norm: normalise structured cores (DESIGN.md section 4).
         log_every, eval_batches: logging period in steps; held-out batches per eval (0 = none).
         data, block_size: corpus path and context length (``charlm`` only).
-        num_experts, top_k, aux_loss_weight: BTT-MoE settings (not used by ``train`` yet).
+        structure may also be ``"btt_moe"`` or ``"moe"`` (``MOE_STRUCTURES``).
+        num_experts, top_k, aux_loss_weight: MoE settings, used by the MoE structures only:
+            experts (``None`` = 8), active experts per token, and the weight of the mean
+            auxiliary loss of the MoE layers in the training loss.
         divergence_factor: after warmup, a batch loss above this x the initial loss = diverged.
     """
 
@@ -121,7 +130,8 @@ class TrainConfig:
         if not isinstance(self.structure, str):
             raise bad("structure", "a structure name or theta text '(a|b|g|d|e|f|r)'")
         try:
-            resolve_structure(self.structure)
+            if self.structure not in MOE_STRUCTURES:
+                resolve_structure(self.structure)
         except (ValueError, TypeError) as err:
             raise ValueError(f"TrainConfig.structure={self.structure!r} is not a valid structure: {err}") from None
         for name in ("width", "base_width", "steps", "batch_size", "log_every", "block_size", "top_k"):
@@ -218,15 +228,16 @@ def build_model(config: TrainConfig, task: Task | None = None) -> tuple[Task, nn
     Every structure goes through ``structurize`` (``"dense"`` included), so init scales,
     ``einsum_norm`` and learning-rate rules are the same code path for every structure.
     """
-    if config.num_experts is not None:
-        raise NotImplementedError(
-            f"TrainConfig.num_experts={config.num_experts}: MoE training is not wired into train() yet"
-        )
     task = task if task is not None else _task_for(config)
     model = task.build_model(config.width, seed=config.seed)
+    moe = {"num_experts": config.num_experts or DEFAULT_NUM_EXPERTS, "top_k": config.top_k}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        structurize(model, config.structure, select=task.structured_select, einsum_norm=config.einsum_norm)
+        if config.structure == "moe":  # FFN experts in every block; the rest stays dense
+            moeify(model, **moe)
+        structure = "dense" if config.structure == "moe" else config.structure
+        extra = moe if config.structure == "btt_moe" else {}
+        structurize(model, structure, select=task.structured_select, einsum_norm=config.einsum_norm, **extra)
     return task, model
 
 
@@ -325,6 +336,8 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
                            config.run_id(), step, value, initial_loss, config.divergence_factor)
             break
         optimizer.zero_grad(set_to_none=True)
+        if config.structure in MOE_STRUCTURES:
+            loss = loss + config.aux_loss_weight * aux_loss(model)
         loss.backward()
         optimizer.step()
         scheduler.step()
