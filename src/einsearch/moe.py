@@ -131,10 +131,10 @@ class Router(nn.Module):
         return f"d_in={self.weight.shape[1]}, num_experts={self.num_experts}, top_k={self.top_k}"
 
 
-def _dispatch(routing: Routing) -> tuple[Tensor, Tensor, list[int]]:
-    """Sort the n * k token/expert assignments by expert.
+def _dispatch(routing: Routing) -> list[tuple[int, Tensor, Tensor]]:
+    """Group the n * k token/expert assignments by expert (a stable sort by expert id).
 
-    Returns (token index of each sorted assignment, its gate, number of assignments per expert).
+    Returns one ``(expert, token indices, gates)`` triple per expert that received tokens.
     """
     num_experts = routing.logits.shape[-1]
     k = routing.expert.shape[-1]
@@ -142,7 +142,50 @@ def _dispatch(routing: Routing) -> tuple[Tensor, Tensor, list[int]]:
     order = torch.argsort(flat, stable=True)
     token = torch.div(order, k, rounding_mode="floor")
     counts = torch.bincount(flat, minlength=num_experts).tolist()
-    return token, routing.gate.reshape(-1)[order], counts
+    gate = routing.gate.reshape(-1)[order]
+    return [(e, t, g) for e, (t, g, m) in enumerate(zip(token.split(counts), gate.split(counts), counts)) if m]
+
+
+class _Gather(torch.autograd.Function):
+    """``x.index_select(dim, i)`` for each index set ``i``; the backward scatter-adds all of
+    them into ONE gradient buffer (autograd would build a full-size zero tensor per set)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dim: int, indices: list[Tensor]):
+        ctx.dim, ctx.indices, ctx.shape = dim, indices, x.shape
+        return tuple(x.index_select(dim, i) for i in indices)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        out = grads[0].new_zeros(ctx.shape)
+        for i, g in zip(ctx.indices, grads):
+            out.index_add_(ctx.dim, i, g)
+        return out, None, None
+
+
+class _Scatter(torch.autograd.Function):
+    """Sum of the ``pieces`` scattered along ``dim`` at their ``indices`` into zeros of ``shape``,
+    in place into one buffer (no concatenation); the backward gathers."""
+
+    @staticmethod
+    def forward(ctx, shape: tuple[int, ...], dim: int, indices: list[Tensor], *pieces: Tensor) -> Tensor:
+        ctx.dim, ctx.indices = dim, indices
+        out = pieces[0].new_zeros(shape)
+        for i, p in zip(indices, pieces):
+            out.index_add_(dim, i, p)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return (None, None, None, *(grad.index_select(ctx.dim, i) for i in ctx.indices))
+
+
+def _gather(x: Tensor, dim: int, indices: list[Tensor]) -> tuple[Tensor, ...]:
+    return _Gather.apply(x, dim, indices) if indices else ()
+
+
+def _scatter(shape: tuple[int, ...], dim: int, indices: list[Tensor], pieces: list[Tensor], like: Tensor) -> Tensor:
+    return _Scatter.apply(shape, dim, indices, *pieces) if pieces else like.new_zeros(shape)
 
 
 class _Permuted(torch.autograd.Function):
@@ -164,14 +207,6 @@ class _Permuted(torch.autograd.Function):
 
 def _permuted(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     return _Permuted.apply(x, dims)
-
-
-def _combine(token: Tensor, pieces: list[Tensor], n: int, width: int, like: Tensor) -> Tensor:
-    """Scatter-add the per-assignment outputs back to token order: (n, width)."""
-    out = like.new_zeros(n, width)
-    if not pieces:
-        return out
-    return out.index_add(0, token, torch.cat(pieces))
 
 
 # --------------------------------------------------------------------------- BTT-MoE
@@ -295,19 +330,19 @@ class BTTMoELinear(nn.Module):
         n = x2.shape[0]
         routing = self.router(x2)
         self.aux_loss = routing.aux
-        token, gate, counts = _dispatch(routing)
-        pieces = self._experts(pad_input(x2, self.expert_plan), token, gate, counts)
-        y = crop_output(_combine(token, pieces, n, self.expert_plan.d_out_padded, x2), self.expert_plan)
+        y = crop_output(self._experts(pad_input(x2, self.expert_plan), _dispatch(routing)), self.expert_plan)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.d_out)
 
-    def _experts(self, xp: Tensor, token: Tensor, gate: Tensor, counts: list[int]) -> list[Tensor]:
-        """Outputs (m_e, d_out_padded) of every expert on its m_e sorted assignments.
+    def _experts(self, xp: Tensor, groups: list[tuple[int, Tensor, Tensor]]) -> Tensor:
+        """(n, d_out_padded): the gated sum of the active experts, from ``_dispatch`` groups.
 
         Expert e is a rank-1 BTT run as two batched matmuls on contiguous operands:
         step 1 batches over gamma, (m*beta, alpha) @ (alpha, delta*phi); step 2 batches over
-        phi, (m*delta, beta*gamma) @ (beta*gamma, epsilon). Only experts with tokens run.
+        phi, (m*delta, beta*gamma) @ (beta*gamma, epsilon). x is transposed to gamma-major
+        once, tokens are gathered from it per expert, expert outputs are scattered into one
+        phi-major buffer, and that is transposed back once.
         """
         s = self.sizes
         A, B, G, D, Eo, Fi = s.alpha, s.beta, s.gamma, s.delta, s.epsilon, s.phi
@@ -316,17 +351,16 @@ class BTTMoELinear(nn.Module):
         # (E, gamma, alpha, delta*phi) and (E, phi, beta*gamma, epsilon): one small copy each
         cores_a = a.permute(4, 1, 0, 2, 3).reshape(s.rho, G, A, D * Fi).unbind(0)
         cores_b = b.permute(4, 3, 0, 1, 2).reshape(s.rho, Fi, B * G, Eo).unbind(0)
-        x_g = _permuted(xp.reshape(n, A, B, G), (3, 0, 2, 1))  # (gamma, n, beta, alpha)
+        x_g = _permuted(xp.reshape(n, A, B, G), (3, 0, 2, 1)).reshape(G, n, B * A)
+        tokens = [t for _, t, _ in groups]
         pieces = []
-        for a_e, b_e, t_e, g_e, m in zip(cores_a, cores_b, token.split(counts), gate.split(counts), counts):
-            if m == 0:
-                continue
-            x_e = x_g.index_select(1, t_e).reshape(G, m * B, A)
-            z = torch.bmm(x_e, a_e).reshape(G, m, B * D * Fi) * g_e.reshape(1, m, 1)
+        for (e, _, gate), x_e in zip(groups, _gather(x_g, 1, tokens)):
+            m = gate.shape[0]
+            z = torch.bmm(x_e.reshape(G, m * B, A), cores_a[e]).reshape(G, m, B * D * Fi) * gate.reshape(1, m, 1)
             z = _permuted(z.reshape(G, m, B, D, Fi), (4, 1, 3, 2, 0)).reshape(Fi, m * D, B * G)
-            y_e = torch.bmm(z, b_e)  # (phi, m*delta, epsilon)
-            pieces.append(_permuted(y_e.reshape(Fi, m, D, Eo), (1, 2, 3, 0)).reshape(m, D * Eo * Fi))
-        return pieces
+            pieces.append(torch.bmm(z, cores_b[e]).reshape(Fi, m, D * Eo))  # (phi, m, delta*epsilon)
+        y = _scatter((Fi, n, D * Eo), 1, tokens, pieces, x_g)
+        return _permuted(y.reshape(Fi, n, D, Eo), (1, 2, 3, 0)).reshape(n, D * Eo * Fi)
 
     # ---------------------------------------------------------- dense reference
     def expert_matrices(self, dtype: torch.dtype | None = None) -> Tensor:
@@ -441,14 +475,12 @@ class MoEFFN(nn.Module):
         x2 = x.reshape(-1, self.width)
         routing = self.router(x2)
         self.aux_loss = routing.aux
-        token, gate, counts = _dispatch(routing)
-        xs = x2.index_select(0, token)
-        pieces = []
-        for w1, w2, x_e, g_e, m in zip(self.w_fc, self.w_proj, xs.split(counts), gate.split(counts), counts):
-            if m == 0:
-                continue
-            pieces.append((F.gelu(x_e @ w1) @ w2) * g_e.unsqueeze(-1))
-        y = _combine(token, pieces, x2.shape[0], self.width, x2)
+        groups = _dispatch(routing)
+        tokens = [t for _, t, _ in groups]
+        w_fc, w_proj = self.w_fc.unbind(0), self.w_proj.unbind(0)  # one gradient buffer each
+        pieces = [(F.gelu(x_e @ w_fc[e]) @ w_proj[e]) * gate.unsqueeze(-1)
+                  for (e, _, gate), x_e in zip(groups, _gather(x2, 0, tokens))]
+        y = _scatter((x2.shape[0], self.width), 0, tokens, pieces, x2)
         return y.reshape(*lead, self.width)
 
     def expert_flops(self) -> int:
