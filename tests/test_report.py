@@ -91,6 +91,17 @@ def test_pngs_and_markdown(report_dir):
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
+def test_loss_choice(tmp_path):
+    fill(tmp_path, ["dense", "btt"], widths=(32, 64), steps=30)
+    train = write_report(tmp_path, n_bootstrap=5)
+    ev = write_report(tmp_path, n_bootstrap=5, loss="eval")
+    assert "training loss" in train["estimator"]["loss"] and "eval" in ev["estimator"]["loss"]
+    # the fake runs log eval every 5th step: the eval frontier is built from fewer points
+    assert ev["structures"][0]["frontier_points"] < train["structures"][0]["frontier_points"]
+    with pytest.raises(ValueError, match="loss must be one of"):
+        write_report(tmp_path, loss="test")
+
+
 def test_no_dense_runs_is_a_clear_error(tmp_path):
     fill(tmp_path, ["btt", "low_rank"], widths=(32,), steps=10)
     with pytest.raises(ValueError, match="no dense runs"):

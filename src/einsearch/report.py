@@ -77,11 +77,25 @@ class StructureSummary:
 # analysis
 
 
-def _curve(run: RunRow, points: Sequence[PointRow], skip_warmup: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(compute, loss) of a run: eval loss where the run logged any, else train loss."""
+LOSSES = ("train", "eval")
+
+
+def _curve(run: RunRow, points: Sequence[PointRow], skip_warmup: bool,
+           loss: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """(compute, loss) of a run after warmup.
+
+    ``loss="train"``: the mean training loss over each logging window. On fresh data (every
+    batch new, as in the regression task and single-epoch language modelling) it is an unbiased
+    estimate of the held-out loss, and much less noisy than a snapshot evaluation of a model
+    trained at a constant learning rate, which would let lucky snapshots set the frontier.
+    ``loss="eval"``: the held-out loss at the points where it was logged (train loss for a run
+    that logged none).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     warmup = int(run.config.get("warmup_steps", 0) or 0) if skip_warmup else 0
     pts = [p for p in points if p.step >= warmup and p.compute > 0]
-    use_eval = any(p.eval_loss is not None for p in pts)
+    use_eval = loss == "eval" and any(p.eval_loss is not None for p in pts)
     pairs = [(p.compute, p.eval_loss if use_eval else p.train_loss) for p in pts]
     pairs = [(c, lo) for c, lo in pairs if lo is not None and math.isfinite(lo)]
     if not pairs:
@@ -96,7 +110,8 @@ def _is_dense(name: str, theta: str | None) -> bool:
 
 def analyze_store(store: ResultStore, task: str | None = None, *, n_bootstrap: int = 200,
                   seed: int = 0, tolerance: float = DEFAULT_TOLERANCE,
-                  skip_warmup: bool = True) -> tuple[str, list[StructureSummary]]:
+                  skip_warmup: bool = True, loss: str = "train"
+                  ) -> tuple[str, list[StructureSummary]]:
     """Fit every structure of ``task`` in ``store``; returns (task, summaries, dense first).
 
     Raises ``ValueError`` when the store is empty, holds several tasks and none was chosen,
@@ -124,7 +139,7 @@ def analyze_store(store: ResultStore, task: str | None = None, *, n_bootstrap: i
         for r in finished + [r for r in runs if r.status == "diverged"]:
             if r.width is not None and r.params is not None:
                 per_width.setdefault(int(r.width), int(r.params))
-        curves = [_curve(r, points.get(r.run_id, []), skip_warmup) for r in finished]
+        curves = [_curve(r, points.get(r.run_id, []), skip_warmup, loss) for r in finished]
         curves = [c for c in curves if c[0].size]
         summaries.append(StructureSummary(
             name=name, theta=first.theta, omega=first.omega, psi=first.psi, nu=first.nu,
@@ -217,15 +232,17 @@ def _fmt_params(params: list[int]) -> str:
 
 
 def _summary_json(task: str, rows: list[StructureSummary], tolerance: float,
-                  n_bootstrap: int) -> dict[str, Any]:
+                  n_bootstrap: int, loss: str = "train") -> dict[str, Any]:
+    which = ("training loss averaged over each logging window" if loss == "train"
+             else "held-out (eval) loss where logged")
     return {
         "task": task,
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "estimator": {
+            "loss": which,
             "frontier": ("lower envelope in log-log of all logged (training FLOPs, loss) points "
-                         "of all finished runs of a structure (eval loss where logged, warmup "
-                         f"steps skipped), Pareto points within {tolerance:.0%} of the lower "
-                         "convex hull"),
+                         f"of all finished runs of a structure ({which}, warmup steps skipped), "
+                         f"Pareto points within {tolerance:.0%} of the lower convex hull"),
             "law": "least squares fit of log L = log a - b log C on the frontier; exponent = b",
             "compute_multiplier": ("geometric mean over the structure's frontier points of "
                                    "C_dense(L_i) / C_i, C_dense the inverted dense law; > 1 means "
@@ -501,6 +518,16 @@ def _reading(task: str, rows: list[StructureSummary]) -> str:
             parts.append("BTT was the best structure. ")
     if not btt:
         parts.append("No BTT structure was in this sweep. ")
+    crossing = [s for s in others if math.isfinite(s.at_matched_loss) and s.at_matched_loss > 0
+                and abs(math.log(s.multiplier / s.at_matched_loss)) > math.log(2.0)]
+    if crossing:
+        parts.append(
+            "Caution: for " + ", ".join(
+                f"{s.name} ({_fmt(s.multiplier, 2)}× averaged over its frontier vs "
+                f"{_fmt(s.at_matched_loss, 2)}× at the lowest loss both reach)" for s in crossing)
+            + " the two estimates differ by more than 2×: the frontier is not parallel to "
+            "dense's, so the advantage depends on the loss level (see the loss-vs-compute "
+            "plot). ")
     good = [s for s in others if s.omega is not None and s.psi is not None
             and s.omega <= 1e-9 and s.psi >= 1 - 1e-9]
     rest = [s for s in others if s not in good]
@@ -569,11 +596,13 @@ def _markdown(task: str, rows: list[StructureSummary], summary: dict[str, Any]) 
 
 def write_report(out_dir: str | os.PathLike[str], *, task: str | None = None,
                  n_bootstrap: int = 200, seed: int = 0,
-                 tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
+                 tolerance: float = DEFAULT_TOLERANCE, loss: str = "train") -> dict[str, Any]:
     """Analyse ``out_dir/results.sqlite`` and write the report files into ``out_dir``.
 
-    Returns the summary dict (as written to summary.json). Raises ``FileNotFoundError`` if the
-    store is missing and ``ValueError`` if it has no runs or no dense runs.
+    ``loss`` picks the curve the frontier is built from: ``"train"`` (default; see
+    :func:`_curve` for why) or ``"eval"``. Returns the summary dict (as written to
+    summary.json). Raises ``FileNotFoundError`` if the store is missing and ``ValueError`` if
+    it has no runs or no dense runs.
     """
     import matplotlib
 
@@ -584,8 +613,8 @@ def write_report(out_dir: str | os.PathLike[str], *, task: str | None = None,
         raise FileNotFoundError(f"no results store at {db}; run `einsearch search --out {out}` first")
     with ResultStore(db) as store:
         task, rows = analyze_store(store, task, n_bootstrap=n_bootstrap, seed=seed,
-                                   tolerance=tolerance)
-    summary = _summary_json(task, rows, tolerance, n_bootstrap)
+                                   tolerance=tolerance, loss=loss)
+    summary = _summary_json(task, rows, tolerance, n_bootstrap, loss)
     _plot_loss_vs_compute(rows, task, out / "loss_vs_compute.png")
     for key in ("omega", "psi", "nu"):
         _plot_taxonomy(rows, task, key, out / f"taxonomy_{key}.png")
