@@ -315,3 +315,47 @@ def test_structurize_btt_moe_on_a_small_model():
     # the router is not a linear layer: structurizing again leaves the MoE layers alone
     again = structurize(model, "monarch", select="*")
     assert [r.name for r in again.layers] == ["4"]
+
+
+def test_deepcopy_and_pickle_after_forward():
+    import copy
+    import io
+
+    model = nn.Sequential(BTTMoELinear(8, 8, 4, 2), MoEFFN(8, 4, 2))
+    _random_router(model[0])
+    x = torch.randn(3, 8)
+    y = model(x)
+    clone = copy.deepcopy(model)  # aux_loss holds a graph; copies drop it
+    assert clone[0].aux_loss is None and model[0].aux_loss is not None
+    torch.testing.assert_close(clone(x), y)
+    torch.save(model, io.BytesIO())
+
+
+# --------------------------------------------------------------------------- train
+def _tiny(structure: str, **kw):
+    from einsearch.train import TrainConfig
+
+    return TrainConfig(task="charlm", structure=structure, width=64, depth=1, steps=3, batch_size=2,
+                       block_size=32, warmup_steps=1, log_every=3, eval_batches=1, **kw)
+
+
+@pytest.mark.parametrize("structure", ["btt_moe", "moe"])
+def test_train_runs_moe_structures(structure):
+    from einsearch.train import train
+
+    result = train(_tiny(structure, num_experts=4, top_k=2))
+    assert result.status == "finished" and len(result.points) == 2
+    assert all(math.isfinite(p.train_loss) for p in result.points)
+
+
+def test_train_flop_ledger_counts_active_experts_only():
+    from einsearch.train import build_model, count_forward_flops
+
+    per_token = {}
+    for k in (1, 2):
+        task, model = build_model(_tiny("btt_moe", num_experts=4, top_k=k))
+        idx = task.batch(0, 2, torch.Generator().manual_seed(0))[0]
+        per_token[k] = count_forward_flops(model, idx) / idx.numel()
+        layers = [m for m in model.modules() if isinstance(m, BTTMoELinear)]
+        assert len(layers) == 6  # q, k, v, o, fc, proj
+    assert per_token[2] - per_token[1] == sum(m.expert_flops() for m in layers)

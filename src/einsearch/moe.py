@@ -25,7 +25,7 @@ bias, are not counted (``torch.utils.flop_counter.FlopCounterMode`` counts the s
 
 muP (DESIGN.md section 4): each core is initialized with the spectral scale of the rank-1
 expert (the second core's fan-in uses n_rho = 1), so every expert alone has the scale of a
-Monarch layer and a gated sum of k experts (gates summing to 1) keeps that scale. Core learning
+Monarch layer, and a gated sum of k experts (gates summing to 1) is no larger. Core learning
 rates follow the same per-expert fans (``mup_lr_multipliers``); the router keeps the plain rate.
 
 Auxiliary loss (``layer.aux_loss`` after each forward; ``aux_loss(model)`` averages over the MoE
@@ -209,8 +209,19 @@ def _permuted(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     return _Permuted.apply(x, dims)
 
 
+class _HoldsAuxLoss:
+    """``aux_loss`` holds the last forward's graph; copies and pickles drop it (a non-leaf
+    tensor cannot be deep-copied, so ``copy.deepcopy(model)`` would fail after a forward)."""
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state = dict(state) if state is not None else dict(self.__dict__)
+        state["aux_loss"] = None
+        return state
+
+
 # --------------------------------------------------------------------------- BTT-MoE
-class BTTMoELinear(nn.Module):
+class BTTMoELinear(_HoldsAuxLoss, nn.Module):
     """A BTT layer whose rank axis is a mixture of ``num_experts`` experts, gated per token.
 
     Args:
@@ -420,7 +431,7 @@ class BTTMoELinear(nn.Module):
 
 
 # --------------------------------------------------------------------------- FFN MoE
-class MoEFFN(nn.Module):
+class MoEFFN(_HoldsAuxLoss, nn.Module):
     """Standard MoE feed-forward block: E dense GELU experts w -> hidden_mult*w -> w, no bias.
 
     Args:
