@@ -1,20 +1,682 @@
-"""Fast forward/backward paths for EinsumLinear.
+"""Fast forward/backward paths for EinsumLinear: batched GEMMs over planned memory layouts.
 
-``einsum_linear(x, a, b, plan)`` must equal ``functional.einsum_linear_reference`` for every
-plan; it is where batched-GEMM formulations live. Until a specialised kernel exists for a
-plan, it falls back to the reference computation.
+``einsum_linear(x, a, b, plan)`` equals ``functional.einsum_linear_reference`` (values and
+gradients w.r.t. x, a, b) for every plan. The reference runs two ``torch.einsum`` calls, each
+of which permutes its operands into bmm form (copies of the activations) and returns a permuted
+view, so the next step copies again; autograd's backward copies once more. Here every plan gets
+a *program*, found once per plan by a small search over memory layouts (``program(plan)``):
+
+* Each of the six GEMMs (two forward; per step one activation gradient and one core gradient)
+  is ``out[B, M, N] = L[B, M, K] @ R[B, K, N]`` over named axes, where B is the step's shared
+  block axis (gamma in step 1, phi in step 2). When a step has no block axis, the token axis n
+  may serve as B (a batch of small per-token GEMMs with the core broadcast), which reads x in
+  place where a single GEMM would first need a permuted copy (Kronecker, tensor-train).
+* An activation stored in a given axis order can be handed to BLAS without a copy iff each of
+  B, M, K is a consecutive run of axes and B is not innermost. GEMM *outputs* are always
+  allocated contiguous as ``[B, M, N]`` or ``[B, N, M]`` (MKL's batched GEMM needs a
+  contiguous result; a strided ``out=`` falls back to one GEMM per block at half the speed).
+* The forward and the backward chains choose their layouts independently: x' (x permuted),
+  z (step-1 output), z2 (what step 2 reads: z itself unless a permute is unavoidable), y'
+  (step-2 output) and dy', dz, dx'. The search minimizes a cost in activation elements moved:
+  each permute at its measured price (a copy that keeps the innermost axis ~1x memcpy, a
+  per-token transpose ~2.3x, anything that moves the token axis is done in two such steps,
+  torch's own strided permute kernel being 10-25x memcpy), plus small penalties for GEMM inputs
+  whose block axis is not outermost and for per-token weight gradients (reduced through a
+  temporary). For BTT / Monarch the forward reads x' = x per token transposed, writes
+  z as ``[gamma, rho, phi, n]`` (token innermost) which step 2 reads in place, and permutes
+  y' ``[phi, n, epsilon]`` back to y; the backward mirrors it. Those permutes of x and y are
+  the minimum: the block axis gamma (phi) is the fastest-varying axis of x (y), and BLAS needs
+  it outermost.
+* Cores are small: they are permuted into bmm-ready ``[B, K, N]`` layouts on every call.
+* A custom ``autograd.Function`` saves x' and z2 (nothing is recomputed) and runs the four
+  backward GEMMs over the same strided views.
+* Special cases fall out of the search: a trivial (single-entry) core is one ``mm``; low rank is
+  two plain GEMMs; Kronecker and tensor-train read and write every activation in place.
+
+Permutes run in eager PyTorch by default. ``set_compile(True)`` (or ``EINSEARCH_COMPILE=1``)
+swaps in ``torch.compile``-generated permute kernels (near memcpy speed; needs a working C++
+toolchain, compiles once per pattern, falls back to eager on any failure); it is never required.
+Double backward (``create_graph=True``) recomputes the first-order gradient through the
+reference path. Under autocast, or for mixed dtypes, the reference path is used.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
 from torch import Tensor
 
-from .functional import einsum_linear_reference
-from .plan import EinsumPlan
+from .functional import crop_output, einsum_linear_reference, pad_input
+from .plan import EQ_A, EQ_B, EinsumPlan
 
-__all__ = ["einsum_linear"]
+__all__ = ["einsum_linear", "program", "describe", "Program", "GemmSpec", "set_compile",
+           "compile_enabled", "tune_cpu_allocator"]
+
+TOKEN = "n"
+_X_AXES = "nabg"
+_Y_AXES = "ndef"
+
+# --------------------------------------------------------------------------- cost model
+# Prices in units of "one element copied" (read + write), measured on 2 cores (AVX-512) with
+# 2048 tokens: contiguous copy 1.0; a permute keeping the innermost axis ~1.1; a per-token
+# transpose ~2.3; a large 2-D transpose ~6 (torch's blocked kernel is single-threaded); any
+# other strided permute 10-25.
+_PRICE_BLOCK = 1.1
+_PRICE_BLOCK_SMALL_CHUNK = 3.0
+_PRICE_PER_TOKEN = 2.3
+_PRICE_2D = 6.0
+_PRICE_STRIDED = 15.0
+_PRICE_COMPILED = 1.4         # torch.compile'd permute kernels, any pattern
+_PENALTY_BATCH_STRIDED = 0.5  # GEMM input whose block axis is not outermost (per element)
+_PENALTY_REDUCE_TEMP = 1.0    # per-token core gradient: per temp element written and read
+_REDUCE_CHUNK_ELEMS = 1 << 20  # temp elements per chunk of the per-token core gradient
+
+_COMPILE = os.environ.get("EINSEARCH_COMPILE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
+def set_compile(enabled: bool) -> None:
+    """Use ``torch.compile``'d permute kernels (True) or eager ones (False, the default)."""
+    global _COMPILE
+    _COMPILE = bool(enabled)
+
+
+def compile_enabled() -> bool:
+    return _COMPILE
+
+
+# ============================================================================ layouts
+def _prod(xs) -> int:
+    return math.prod(xs)
+
+
+def _groups_of(src: str, dst: str) -> tuple[list[str], list[str]]:
+    """Merge axes that are adjacent, in the same order, in both layouts ("super-axes")."""
+    pos = {ax: i for i, ax in enumerate(dst)}
+    groups: list[str] = []
+    for ax in src:
+        if groups and pos[ax] == pos[groups[-1][-1]] + 1:
+            groups[-1] += ax
+        else:
+            groups.append(ax)
+    dst_groups = sorted(groups, key=lambda g: pos[g[0]])
+    return groups, dst_groups
+
+
+def _direct_price(src_g: list[str], dst_g: list[str], gsize: dict[str, int], compiled: bool) -> float:
+    """Price per element of one permute-copy between super-axis orders.
+
+    torch's copy kernel walks the output in order with scalar loads. It runs near memcpy speed
+    when the innermost axis stays innermost (contiguous chunks), and at about a per-token
+    transpose's speed when each source cache line is reused soon (few output elements lie
+    between two uses of a line: the output axes inside the source's innermost axis) and the
+    innermost output loop touches few pages; otherwise every access misses (10-25x memcpy).
+    """
+    if src_g == dst_g:
+        return 0.0
+    if compiled:
+        return _PRICE_COMPILED
+    if src_g[-1] == dst_g[-1]:
+        return _PRICE_BLOCK if gsize[src_g[-1]] >= 16 else _PRICE_BLOCK_SMALL_CHUNK
+    # Output elements written between two uses of a source line: the output axes inside
+    # the source's innermost axis u. Count the cache lines and pages they touch.
+    window = dst_g[dst_g.index(src_g[-1]) + 1:]
+    lines, pages = 1, 1.0
+    for g in window:
+        stride_bytes = 4 * _prod(gsize[h] for h in src_g[src_g.index(g) + 1:])
+        lines *= gsize[g]
+        pages *= gsize[g] if stride_bytes >= 4096 else max(1.0, gsize[g] * stride_bytes / 4096)
+    if lines <= 16384 and pages <= 64:
+        return _PRICE_PER_TOKEN
+    # a 2-D transpose can use torch's blocked (single-threaded) transpose kernel instead
+    return _PRICE_2D if len(src_g) == 2 else _PRICE_STRIDED
+
+
+@functools.lru_cache(maxsize=65536)
+def _price(src: str, dst: str, sizes: tuple[tuple[str, int], ...], compiled: bool) -> float:
+    sg, dg = _groups_of(src, dst)
+    size = dict(sizes)
+    gsize = {g: _prod(size.get(ax, 1) for ax in g) for g in sg}
+    return _direct_price(sg, dg, gsize, compiled)
+
+
+@functools.lru_cache(maxsize=65536)
+def _relayout_path(src: str, dst: str, sizes: tuple[tuple[str, int], ...], compiled: bool) -> tuple[float, tuple[str, ...]]:
+    """Cheapest way to permute ``src`` into ``dst``: (price per element, layouts visited)."""
+    if src == dst:
+        return 0.0, (src,)
+
+    def price(s: str, d: str) -> float:
+        return _price(s, d, sizes, compiled)
+
+    best = (price(src, dst), (src, dst))
+    if compiled or best[0] <= _PRICE_PER_TOKEN:
+        return best
+    # Two cheap steps: a per-token transpose (token axis outermost) and a permute that keeps
+    # the innermost axis, in either order.
+    mids = {src.replace(dst[-1], "") + dst[-1], dst.replace(src[-1], "") + src[-1],
+            TOKEN + src.replace(TOKEN, ""), TOKEN + dst.replace(TOKEN, "")}
+    for mid in sorted(mids):
+        if mid in (src, dst):
+            continue
+        c = price(src, mid) + price(mid, dst)
+        if c < best[0]:
+            best = (c, (src, mid, dst))
+    return best
+
+
+def _run_orders(layout: str, groups: dict[str, str | frozenset]) -> dict[str, str] | None:
+    """Axis order of each group when ``layout`` is a concatenation of one run per group.
+
+    None when a (non-empty) group is not a consecutive run, or when the batch group ``"B"``
+    is innermost while both matrix groups are non-empty (a BLAS matrix needs a unit-stride
+    dimension; an empty group, of size 1, can take stride 1).
+    """
+    owner = {}
+    for name, axes in groups.items():
+        for ax in axes:
+            owner[ax] = name
+    if set(owner) != set(layout) or len(owner) != len(layout):
+        return None
+    seq = [owner[ax] for ax in layout]
+    runs = [k for k, _ in itertools.groupby(seq)]
+    if len(runs) != len(set(runs)):
+        return None
+    if runs and runs[-1] == "B" and all(axes for name, axes in groups.items() if name != "B"):
+        return None
+    orders = {name: "" for name in groups}
+    for ax in layout:
+        orders[owner[ax]] += ax
+    return orders
+
+
+def _batch_strided(layout: str, batch: str) -> bool:
+    return bool(batch) and layout[0] != batch
+
+
+@dataclass(frozen=True)
+class GemmSpec:
+    """``out[B, M, N] = L[B, M, K] @ R[B, K, N]`` (orders of the named axes of each group).
+
+    ``batch``: the block axis, the token axis ``"n"`` (core broadcast) or ``""``.
+    ``l_layout`` / ``o_layout``: memory orders of the activation input and of the output.
+    """
+
+    batch: str
+    m: str
+    k: str
+    n_: str
+    l_layout: str
+    o_layout: str
+
+
+@dataclass(frozen=True)
+class Program:
+    """How ``fast.einsum_linear`` runs one plan (see the module docstring)."""
+
+    kind: str                     # "identity" | "mm" | "two_step" | "reference"
+    sizes: tuple[tuple[str, int], ...]
+    core1: str = ""               # "a" / "b": the core contracted with x first
+    x_axes: str = ""              # natural (unpermuted) orders of x, z, y
+    z_axes: str = ""
+    y_axes: str = ""
+    f1: GemmSpec | None = None    # z = x' C1
+    f2: GemmSpec | None = None    # y' = z2 C2
+    b2: GemmSpec | None = None    # dz2 = dy' C2^T   (batch, M2, N2 -> K2)
+    b1: GemmSpec | None = None    # dx' = dz1 C1^T
+    z2_layout: str = ""           # z as step 2 reads it
+    dz1_layout: str = ""          # dz as step 1's backward reads it
+    compiled: bool = False
+    cost_forward: float = 0.0     # elements moved per token (price-weighted)
+    cost_backward: float = 0.0
+
+    @property
+    def cost(self) -> float:
+        return self.cost_forward + self.cost_backward
+
+
+def _nontrivial(axes: str, sizes: dict[str, int]) -> str:
+    return "".join(ax for ax in axes if ax == TOKEN or sizes[ax] > 1)
+
+
+def _step_options(l_axes: str, r_axes: str, o_axes: str) -> list[tuple[str, frozenset, frozenset, frozenset]]:
+    """Ways to run one contraction as a batched GEMM: (batch, M, K, N) axis sets."""
+    L, R, O = set(l_axes), set(r_axes), set(o_axes)
+    shared = L & R & O
+    k = frozenset((L & R) - O)
+    m = frozenset((L & O) - R)
+    n_ = frozenset((R & O) - L)
+    assert len(shared) <= 1, shared
+    if shared:
+        return [("".join(shared), m, k, n_)]
+    opts = [("", m, k, n_)]
+    if TOKEN in m and len(m) > 1:
+        opts.append((TOKEN, m - {TOKEN}, k, n_))
+    return opts
+
+
+def _perms(axes) -> list[str]:
+    return ["".join(p) for p in itertools.permutations(sorted(axes))]
+
+
+def _outputs(batch: str, m_order: str, other: frozenset) -> list[tuple[str, str]]:
+    """Contiguous output layouts ``B + M + O`` / ``B + O + M``: (layout, order of O)."""
+    out = []
+    for o in _perms(other):
+        for lay in (batch + m_order + o, batch + o + m_order):
+            out.append((lay, o))
+    seen, uniq = set(), []
+    for lay, o in out:
+        if lay not in seen:
+            seen.add(lay)
+            uniq.append((lay, o))
+    return uniq
+
+
+@functools.lru_cache(maxsize=4096)
+def _program(plan: EinsumPlan, compiled: bool) -> Program:
+    s = plan.sizes.as_dict()
+    sizes = {"a": s["alpha"], "b": s["beta"], "g": s["gamma"], "d": s["delta"],
+             "e": s["epsilon"], "f": s["phi"], "r": s["rho"]}
+    sz = tuple(sorted(sizes.items()))
+    if plan.trivial_a and plan.trivial_b:
+        return Program(kind="identity", sizes=sz)
+    if plan.trivial_a or plan.trivial_b:
+        return Program(kind="mm", sizes=sz, core1="b" if plan.trivial_a else "a")
+
+    core1 = "a" if plan.first == "A" else "b"
+    c1_axes = _nontrivial(EQ_A if core1 == "a" else EQ_B, sizes)
+    c2_axes = _nontrivial(EQ_B if core1 == "a" else EQ_A, sizes)
+    x_axes = _nontrivial(_X_AXES, sizes)
+    z_axes = _nontrivial(plan.eq_first.split("->")[1], sizes)
+    y_axes = _nontrivial(_Y_AXES, sizes)
+    numel = {ax: sizes[ax] for ax in sizes}
+    per_tok = lambda axes: _prod(numel[ax] for ax in axes if ax != TOKEN)  # noqa: E731
+    x_el, z_el, y_el = per_tok(x_axes), per_tok(z_axes), per_tok(y_axes)
+    size_key = tuple(sorted({**numel, TOKEN: 2048}.items()))
+
+    def relayout(src: str, dst: str, direct: bool = False) -> float:
+        if direct:
+            return 0.0 if src == dst else _price(src, dst, size_key, compiled)
+        return _relayout_path(src, dst, size_key, compiled)[0]
+
+    best: tuple | None = None
+    for bt1, M1, K1, N1 in _step_options(x_axes, c1_axes, z_axes):
+        for bt2, M2, K2, N2 in _step_options(z_axes, c2_axes, y_axes):
+            reduce_cost = 0.0
+            if bt1 == TOKEN:
+                reduce_cost += _PENALTY_REDUCE_TEMP * per_tok(K1) * per_tok(N1)
+            if bt2 == TOKEN:
+                reduce_cost += _PENALTY_REDUCE_TEMP * per_tok(K2) * per_tok(N2)
+            for m1 in _perms(M1):
+                for m2 in _perms(M2):
+                    cand = _search(bt1, M1, K1, N1, bt2, M2, K2, N2, m1, m2, x_axes, z_axes, y_axes,
+                                   x_el, z_el, y_el, relayout)
+                    if cand is None:
+                        continue
+                    cf, cb, specs = cand
+                    total = cf + cb + reduce_cost
+                    if best is None or total < best[0] - 1e-9:
+                        best = (total, cf, cb + reduce_cost, specs)
+    if best is None:  # pragma: no cover - the search always finds layouts; stay safe anyway
+        return Program(kind="reference", sizes=sz)
+    _, cf, cb, (f1, f2, b2, b1, z2_layout, dz1_layout) = best
+    return Program(kind="two_step", sizes=sz, core1=core1, x_axes=x_axes, z_axes=z_axes, y_axes=y_axes,
+                   f1=f1, f2=f2, b2=b2, b1=b1, z2_layout=z2_layout, dz1_layout=dz1_layout,
+                   compiled=compiled, cost_forward=cf, cost_backward=cb)
+
+
+def _search(bt1, M1, K1, N1, bt2, M2, K2, N2, m1, m2, x_axes, z_axes, y_axes, x_el, z_el, y_el, relayout):
+    """Best layouts for fixed batch choices and M orders; None if infeasible."""
+    g1_in = {"B": bt1, "M": M1, "K": K1}
+    g1_out = {"B": bt1, "M": M1, "N": N1}
+    g2_in = {"B": bt2, "M": M2, "K": K2}
+    g2_out = {"B": bt2, "M": M2, "N": N2}
+    pen = _PENALTY_BATCH_STRIDED
+
+    # x': read by step 1 (forward) and by step 1's core gradient.
+    opts = []
+    for lx in _perms(x_axes):
+        o = _run_orders(lx, g1_in)
+        if o is None or o["M"] != m1:
+            continue
+        c = relayout(x_axes, lx) * x_el + (2 * pen * x_el if _batch_strided(lx, bt1) else 0.0)
+        opts.append((c, lx, o["K"]))
+    if not opts:
+        return None
+    cx, lx, k1 = min(opts)
+
+    # z (step-1 output) and z2 (step-2 input, read twice: forward and core gradient).
+    z2_ok = []
+    for lz2 in _perms(z_axes):
+        o = _run_orders(lz2, g2_in)
+        if o is not None and o["M"] == m2:
+            z2_ok.append((lz2, o["K"], 2 * pen * z_el if _batch_strided(lz2, bt2) else 0.0))
+    if not z2_ok:
+        return None
+    cz, lz, n1, lz2, k2 = _pick_pair(_outputs(bt1, m1, N1), z2_ok, z_el, relayout)
+
+    # y' (step-2 output) -> y.
+    opts = [(relayout(ly, y_axes) * y_el, ly, n2) for ly, n2 in _outputs(bt2, m2, N2)]
+    cy, ly, n2 = min(opts)
+
+    # Backward: dy -> dy' (read by both step-2 backward GEMMs).
+    opts = []
+    for ldy in _perms(y_axes):
+        o = _run_orders(ldy, g2_out)
+        if o is None or o["M"] != m2:
+            continue
+        opts.append((relayout(y_axes, ldy) * y_el + (2 * pen * y_el if _batch_strided(ldy, bt2) else 0.0),
+                     ldy, o["N"]))
+    if not opts:
+        return None
+    cdy, ldy, n2b = min(opts)
+
+    # dz (step-2 backward output) -> dz1 (read by both step-1 backward GEMMs).
+    dz1_ok = []
+    for ldz1 in _perms(z_axes):
+        o = _run_orders(ldz1, g1_out)
+        if o is not None and o["M"] == m1:
+            dz1_ok.append((ldz1, o["N"], 2 * pen * z_el if _batch_strided(ldz1, bt1) else 0.0))
+    if not dz1_ok:
+        return None
+    cdz, ldz, k2b, ldz1, n1b = _pick_pair(_outputs(bt2, m2, K2), dz1_ok, z_el, relayout)
+
+    # dx' (step-1 backward output) -> dx.
+    opts = [(relayout(ldx, x_axes) * x_el, ldx, k1b) for ldx, k1b in _outputs(bt1, m1, K1)]
+    cdx, ldx, k1b = min(opts)
+
+    f1 = GemmSpec(bt1, m1, k1, n1, lx, lz)
+    f2 = GemmSpec(bt2, m2, k2, n2, lz2, ly)
+    b2 = GemmSpec(bt2, m2, n2b, k2b, ldy, ldz)      # dz = dy' @ C2^T: contraction over N2
+    b1 = GemmSpec(bt1, m1, n1b, k1b, ldz1, ldx)     # dx' = dz1 @ C1^T: contraction over N1
+    return cx + cz + cy, cdy + cdz + cdx, (f1, f2, b2, b1, lz2, ldz1)
+
+
+def _pick_pair(outputs, readable, numel, relayout):
+    """Best (cost, out layout, its free order, read layout, its order) for an intermediate.
+
+    Reading the GEMM output in place (at most a small penalty) always beats a permute (every
+    permute costs more than the largest penalty), so permutes are priced only when needed,
+    and then only towards layouts whose block axis is outermost.
+    """
+    by_layout = {lay: (order, p) for lay, order, p in readable}
+    direct = [(by_layout[lay][1], lay, o, lay, by_layout[lay][0]) for lay, o in outputs if lay in by_layout]
+    if direct:
+        return min(direct)
+    targets = [r for r in readable if r[2] == 0.0] or readable
+    best = None
+    for lay, o in outputs:
+        # price the full (multi-step) path only for the targets cheapest to reach directly
+        near = sorted(targets, key=lambda t: (relayout(lay, t[0], direct=True), t[0]))[:4]
+        for r, ro, p in near:
+            c = (relayout(lay, r) * numel + p, lay, o, r, ro)
+            best = c if best is None or c < best else best
+    return best
+
+
+def program(plan: EinsumPlan) -> Program:
+    """The (cached) program that runs ``plan``: layouts, GEMM shapes, expected copy cost."""
+    return _program(plan, _COMPILE)
+
+
+def describe(plan: EinsumPlan) -> str:
+    """One line: how the fast path runs ``plan`` (for logs and benchmarks)."""
+    p = program(plan)
+    if p.kind != "two_step":
+        return p.kind
+
+    def step(spec: GemmSpec) -> str:
+        b = f"{spec.batch}:" if spec.batch else ""
+        return f"[{b}{spec.m or '1'}x{spec.k or '1'}x{spec.n_ or '1'}]"
+
+    z = p.f1.o_layout if p.f1.o_layout == p.z2_layout else f"{p.f1.o_layout}->{p.z2_layout}"
+    dz = p.b2.o_layout if p.b2.o_layout == p.dz1_layout else f"{p.b2.o_layout}->{p.dz1_layout}"
+    return (f"fwd x'={p.f1.l_layout} {step(p.f1)} z={z} {step(p.f2)} y'={p.f2.o_layout}; "
+            f"bwd dy'={p.b2.l_layout} dz={dz} dx'={p.b1.o_layout}; "
+            f"moved/token={p.cost_forward:.0f}+{p.cost_backward:.0f}")
+
+
+# ============================================================================ relayouts
+_COMPILED_PERMUTE = None
+
+
+def _permute_copy(t: Tensor, perm: list[int]) -> Tensor:
+    return t.permute(perm).contiguous()
+
+
+def _compiled_permute():
+    global _COMPILED_PERMUTE
+    if _COMPILED_PERMUTE is None:
+        _COMPILED_PERMUTE = torch.compile(_permute_copy, dynamic=True)
+    return _COMPILED_PERMUTE
+
+
+def _relayout(t: Tensor, src: str, dst: str, shape: dict[str, int], compiled: bool) -> Tensor:
+    """Copy ``t`` (contiguous in ``src`` order) into a contiguous tensor in ``dst`` order."""
+    if src == dst:
+        return t
+    key = tuple(sorted((ax, 2048 if ax == TOKEN else v) for ax, v in shape.items()))
+    _, path = _relayout_path(src, dst, key, compiled)
+    for s, d in zip(path[:-1], path[1:]):
+        sg, dg = _groups_of(s, d)
+        v = t.view([_prod(shape[ax] for ax in g) for g in sg])
+        perm = [sg.index(g) for g in dg]
+        if compiled:
+            try:
+                t = _compiled_permute()(v, perm)
+                continue
+            except Exception as exc:  # pragma: no cover - toolchain problems: fall back, once
+                warnings.warn(f"einsearch.fast: torch.compile'd permute failed ({exc!r}); using eager permutes")
+                set_compile(False)
+        if len(sg) == 2 and _price(s, d, key, False) < _PRICE_2D:
+            # keep torch off its single-threaded 2-D transpose kernel (copy_ takes that path
+            # only for 2-D views); its generic kernel is faster for this access pattern
+            t = v.unsqueeze(0).permute([0, 2, 1]).contiguous()
+        else:
+            t = v.permute(perm).contiguous()
+    return t
+
+
+# ============================================================================ GEMMs
+def _strides(layout: str, shape: dict[str, int]) -> dict[str, int]:
+    out, acc = {}, 1
+    for ax in reversed(layout):
+        out[ax] = acc
+        acc *= shape[ax]
+    return out
+
+
+def _view3(t: Tensor, layout: str, shape: dict[str, int], b: str, m: str, k: str) -> Tensor:
+    """``t`` (contiguous in ``layout``) as a strided [B, M, K] view (each group a run)."""
+    st = _strides(layout, shape)
+    size = [_prod(shape[ax] for ax in g) for g in (b, m, k)]
+    stride = [st[g[-1]] if g else 0 for g in (b, m, k)]
+    if not m:
+        stride[1] = 1 if stride[2] != 1 else max(1, size[2])
+    if not k:
+        stride[2] = 1 if stride[1] != 1 else max(1, size[1])
+    if not b:
+        stride[0] = max(1, size[1] * size[2])
+    return t.as_strided(size, stride, t.storage_offset())
+
+
+def _core_axes(core: str, shape: dict[str, int]) -> str:
+    return "".join(ax for ax in (EQ_A if core == "a" else EQ_B) if shape[ax] > 1)
+
+
+def _core3(core: Tensor, which: str, batch: str, k: str, n_: str, shape: dict[str, int]) -> Tensor:
+    """Core as a contiguous [B or 1, K, N] (the token axis is never in a core)."""
+    kept = _core_axes(which, shape)
+    bt = batch if batch != TOKEN else ""
+    target = bt + k + n_
+    t = core.reshape([shape[ax] for ax in kept]).permute([kept.index(ax) for ax in target]).contiguous()
+    return t.view(shape[bt] if bt else 1, _prod(shape[ax] for ax in k), _prod(shape[ax] for ax in n_))
+
+
+def _core_grad(g3: Tensor, which: str, batch: str, k: str, n_: str, shape: dict[str, int], core_shape) -> Tensor:
+    """Inverse of ``_core3``: a [B or 1, K, N] gradient in the core's own shape."""
+    kept = _core_axes(which, shape)
+    bt = batch if batch != TOKEN else ""
+    target = bt + k + n_
+    t = g3.reshape([shape[ax] for ax in target])
+    return t.permute([target.index(ax) for ax in kept]).reshape(core_shape)
+
+
+def _bmm(left: Tensor, right: Tensor, out: Tensor) -> None:
+    """out[i] = left[i] @ right[i]; ``out`` is contiguous as [B, M, N] or as [B, N, M]."""
+    if out.stride(2) != 1 and out.size(2) != 1:
+        left, right, out = right.mT, left.mT, out.mT
+    if out.size(0) == 1:
+        torch.mm(left[0], right[0], out=out[0])
+    else:
+        torch.bmm(left, right, out=out)
+
+
+def _gemm(act: Tensor, core3: Tensor, spec: GemmSpec, shape: dict[str, int]) -> Tensor:
+    """out = act @ core over ``spec`` (output allocated contiguous in ``spec.o_layout``)."""
+    out = act.new_empty([shape[ax] for ax in spec.o_layout])
+    lv = _view3(act, spec.l_layout, shape, spec.batch, spec.m, spec.k)
+    ov = _view3(out, spec.o_layout, shape, spec.batch, spec.m, spec.n_)
+    r = core3.expand(lv.size(0), -1, -1) if spec.batch == TOKEN else core3
+    _bmm(lv, r, ov)
+    return out
+
+
+def _core_gemm(act: Tensor, a_spec: tuple, dout: Tensor, d_spec: tuple, batch: str, shape: dict[str, int]) -> Tensor:
+    """sum over M (and over tokens for a per-token batch) of act^T @ dout: [B or 1, K, N].
+
+    ``a_spec`` = (layout, m, k) of ``act``; ``d_spec`` = (layout, m, n) of ``dout``.
+    """
+    lv = _view3(act, a_spec[0], shape, batch, a_spec[1], a_spec[2])
+    ov = _view3(dout, d_spec[0], shape, batch, d_spec[1], d_spec[2])
+    if batch != TOKEN:
+        return torch.bmm(lv.mT, ov)
+    n, kk, nn = lv.size(0), lv.size(2), ov.size(2)
+    chunk = max(1, _REDUCE_CHUNK_ELEMS // max(1, kk * nn))
+    acc = lv.new_zeros(1, kk, nn)
+    for s in range(0, n, chunk):
+        acc += torch.bmm(lv[s:s + chunk].mT, ov[s:s + chunk]).sum(0, keepdim=True)
+    return acc
+
+
+# ============================================================================ autograd
+class _TwoStep(torch.autograd.Function):
+    """x (n, d_in_padded) -> y (n, d_out_padded) through the program's two GEMMs."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan, prog: Program, shape: dict[str, int]):
+        f1, f2 = prog.f1, prog.f2
+        which1 = prog.core1
+        which2 = "b" if which1 == "a" else "a"
+        c1, c2 = (a, b) if which1 == "a" else (b, a)
+        comp = prog.compiled and _COMPILE
+        xp = _relayout(x.contiguous().view([shape[ax] for ax in prog.x_axes]), prog.x_axes, f1.l_layout,
+                       shape, comp)
+        z = _gemm(xp, _core3(c1, which1, f1.batch, f1.k, f1.n_, shape), f1, shape)
+        z2 = _relayout(z, f1.o_layout, prog.z2_layout, shape, comp)
+        yp = _gemm(z2, _core3(c2, which2, f2.batch, f2.k, f2.n_, shape), f2, shape)
+        y = _relayout(yp, f2.o_layout, prog.y_axes, shape, comp)
+        ctx.save_for_backward(x if x.requires_grad else None, xp, a, b, z2)
+        ctx.plan, ctx.prog, ctx.shape = plan, prog, shape
+        return y.view(x.shape[0], plan.d_out_padded)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, xp, a, b, z2 = ctx.saved_tensors
+        prog, shape = ctx.prog, ctx.shape
+        need_x, need_a, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
+            return (*_reference_grads(x, xp, a, b, dy, ctx.plan, prog, shape, (need_x, need_a, need_b)),
+                    None, None, None)
+        f1, f2, b1, b2 = prog.f1, prog.f2, prog.b1, prog.b2
+        which1 = prog.core1
+        which2 = "b" if which1 == "a" else "a"
+        c1, c2 = (a, b) if which1 == "a" else (b, a)
+        need1, need2 = (need_a, need_b) if which1 == "a" else (need_b, need_a)
+        comp = prog.compiled and _COMPILE
+        dyp = _relayout(dy.contiguous().view([shape[ax] for ax in prog.y_axes]), prog.y_axes, b2.l_layout,
+                        shape, comp)
+        g1 = g2 = dx = None
+        if need2:  # dC2[B, K2, N2] = z2^T @ dy'
+            g3 = _core_gemm(z2, (f2.l_layout, f2.m, f2.k), dyp, (b2.l_layout, b2.m, b2.k), f2.batch, shape)
+            g2 = _core_grad(g3, which2, f2.batch, f2.k, b2.k, shape, c2.shape)
+        if need1 or need_x:
+            dz = _gemm(dyp, _core3_t(c2, which2, b2, shape), b2, shape)
+            dz1 = _relayout(dz, b2.o_layout, prog.dz1_layout, shape, comp)
+            if need1:  # dC1[B, K1, N1] = x'^T @ dz1
+                g3 = _core_gemm(xp, (f1.l_layout, f1.m, f1.k), dz1, (b1.l_layout, b1.m, b1.k), f1.batch, shape)
+                g1 = _core_grad(g3, which1, f1.batch, f1.k, b1.k, shape, c1.shape)
+            if need_x:
+                dxp = _gemm(dz1, _core3_t(c1, which1, b1, shape), b1, shape)
+                dx = _relayout(dxp, b1.o_layout, prog.x_axes, shape, comp).view(dy.shape[0], ctx.plan.d_in_padded)
+        ga, gb = (g1, g2) if which1 == "a" else (g2, g1)
+        return dx, ga, gb, None, None, None
+
+
+def _core3_t(core: Tensor, which: str, spec: GemmSpec, shape: dict[str, int]) -> Tensor:
+    """Core as [B or 1, K, N] for a backward GEMM ``spec`` (K = forward N, N = forward K)."""
+    return _core3(core, which, spec.batch, spec.k, spec.n_, shape)
+
+
+def _reference_grads(x, xp, a, b, dy, plan, prog, shape, needs):
+    """First-order gradients through the reference path, differentiably (double backward)."""
+    n = shape[TOKEN]
+    if x is None:  # x does not require grad: its value is all that is needed
+        v = xp.view([shape[ax] for ax in prog.f1.l_layout])
+        x = v.permute([prog.f1.l_layout.index(ax) for ax in prog.x_axes]).reshape(n, plan.d_in_padded)
+    with torch.enable_grad():
+        s = plan.sizes
+        xs = x.reshape(n, s.alpha, s.beta, s.gamma)
+        first, second = (a, b) if plan.first == "A" else (b, a)
+        z = torch.einsum(plan.eq_first, xs, first)
+        y = torch.einsum(plan.eq_second, z, second).reshape(n, plan.d_out_padded)
+        inputs = [t for t, need in zip((x, a, b), needs) if need]
+        grads = torch.autograd.grad(y, inputs, dy, create_graph=True, allow_unused=True)
+    it = iter(grads)
+    return [next(it) if need else None for need in needs]
+
+
+# ============================================================================ entry point
 def einsum_linear(x: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan) -> Tensor:
-    """(n, d_in) -> (n, d_out); same contract as ``einsum_linear_reference``."""
-    return einsum_linear_reference(x, a, b, plan)
+    """(n, d_in) -> (n, d_out); same contract (values and gradients) as ``einsum_linear_reference``."""
+    if (x.dim() != 2 or x.dtype != a.dtype or x.dtype != b.dtype or not x.dtype.is_floating_point
+            or torch.is_autocast_enabled(x.device.type)):
+        return einsum_linear_reference(x, a, b, plan)
+    prog = program(plan)
+    if prog.kind in ("identity", "reference"):
+        return einsum_linear_reference(x, a, b, plan)
+    xp = pad_input(x, plan)
+    if prog.kind == "mm":
+        w = (a if prog.core1 == "a" else b).reshape(plan.d_in_padded, plan.d_out_padded)
+        return crop_output(torch.mm(xp, w), plan)
+    shape = dict(prog.sizes)
+    shape[TOKEN] = x.shape[0]
+    return crop_output(_TwoStep.apply(xp, a, b, plan, prog, shape), plan)
+
+
+def tune_cpu_allocator(mmap_threshold: int = 1 << 30) -> bool:
+    """Opt-in: keep large freed blocks in glibc's heap instead of returning them to the OS.
+
+    With glibc's defaults every tensor above 32 MiB (e.g. 2048 tokens x 4096 float32) is a
+    fresh ``mmap`` whose pages fault in on first touch: several milliseconds per tensor, which
+    dominates a structured layer's runtime at that size (a dense GEMM hides it). This sets
+    ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` through ``mallopt`` (process-wide; the same
+    effect as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` or as using jemalloc or
+    tcmalloc). Returns True on success, False where glibc is not available.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, int(mmap_threshold)) == 1
+        ok = libc.mallopt(m_trim_threshold, int(2 * mmap_threshold)) == 1 and ok
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
