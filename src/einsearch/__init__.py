@@ -10,6 +10,7 @@ Public API::
     structurize                        # replace the linear layers of an existing model
     TrainConfig, train                 # one training run: a pure function of its config
     get_task, load_corpus              # tasks (regression, charlm) and the text-corpus loader
+    BTTMoELinear, MoEFFN, moeify       # mixtures of experts in every linear layer / every FFN
 """
 
 from .convert import StructurizeSummary, structurize
@@ -19,6 +20,7 @@ from .plan import EinsumPlan, make_plan
 from .taxonomy import Taxonomy, closed_form_flops, closed_form_params, taxonomy
 from .theta import NAMED_STRUCTURES, Theta, resolve_structure, structure_names
 from .models import GPT, ResidualMLP
+from .moe import BTTMoELinear, MoEFFN, aux_loss, moeify
 from .tasks import Corpus, Task, get_task, load_corpus, register_task, task_names
 from .train import Point, RunResult, TrainConfig, train
 
@@ -30,5 +32,6 @@ __all__ = [
     "Taxonomy", "taxonomy", "closed_form_params", "closed_form_flops",
     "param_groups", "lr_multipliers", "structurize", "StructurizeSummary",
     "TrainConfig", "Point", "RunResult", "train",
+    "BTTMoELinear", "MoEFFN", "moeify", "aux_loss",
     "Task", "get_task", "register_task", "task_names", "load_corpus", "Corpus", "GPT", "ResidualMLP",
 ]
