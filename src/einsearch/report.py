@@ -78,11 +78,15 @@ class StructureSummary:
 
 
 LOSSES = ("train", "eval")
+#: fraction of each run's steps (at least its warmup) left out of the frontier
+DEFAULT_SKIP_FRACTION = 0.1
 
 
 def _curve(run: RunRow, points: Sequence[PointRow], skip_warmup: bool,
-           loss: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """(compute, loss) of a run after warmup.
+           loss: str = "train", skip_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(compute, loss) of a run, without its warmup and its first ``skip_fraction`` of steps
+    (the early transient right after warmup falls far faster than any power law and would
+    otherwise sit on the frontier and tilt the fit).
 
     ``loss="train"``: the mean training loss over each logging window. On fresh data (every
     batch new, as in the regression task and single-epoch language modelling) it is an unbiased
@@ -94,7 +98,9 @@ def _curve(run: RunRow, points: Sequence[PointRow], skip_warmup: bool,
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     warmup = int(run.config.get("warmup_steps", 0) or 0) if skip_warmup else 0
-    pts = [p for p in points if p.step >= warmup and p.compute > 0]
+    steps = int(run.config.get("steps", 0) or 0)
+    first = max(warmup, math.ceil(skip_fraction * steps))
+    pts = [p for p in points if p.step >= first and p.compute > 0]
     use_eval = loss == "eval" and any(p.eval_loss is not None for p in pts)
     pairs = [(p.compute, p.eval_loss if use_eval else p.train_loss) for p in pts]
     pairs = [(c, lo) for c, lo in pairs if lo is not None and math.isfinite(lo)]
@@ -110,7 +116,8 @@ def _is_dense(name: str, theta: str | None) -> bool:
 
 def analyze_store(store: ResultStore, task: str | None = None, *, n_bootstrap: int = 200,
                   seed: int = 0, tolerance: float = DEFAULT_TOLERANCE,
-                  skip_warmup: bool = True, loss: str = "train"
+                  skip_warmup: bool = True, loss: str = "train",
+                  skip_fraction: float = DEFAULT_SKIP_FRACTION
                   ) -> tuple[str, list[StructureSummary]]:
     """Fit every structure of ``task`` in ``store``; returns (task, summaries, dense first).
 
@@ -139,7 +146,8 @@ def analyze_store(store: ResultStore, task: str | None = None, *, n_bootstrap: i
         for r in finished + [r for r in runs if r.status == "diverged"]:
             if r.width is not None and r.params is not None:
                 per_width.setdefault(int(r.width), int(r.params))
-        curves = [_curve(r, points.get(r.run_id, []), skip_warmup, loss) for r in finished]
+        curves = [_curve(r, points.get(r.run_id, []), skip_warmup, loss, skip_fraction)
+                  for r in finished]
         curves = [c for c in curves if c[0].size]
         summaries.append(StructureSummary(
             name=name, theta=first.theta, omega=first.omega, psi=first.psi, nu=first.nu,
@@ -232,7 +240,8 @@ def _fmt_params(params: list[int]) -> str:
 
 
 def _summary_json(task: str, rows: list[StructureSummary], tolerance: float,
-                  n_bootstrap: int, loss: str = "train") -> dict[str, Any]:
+                  n_bootstrap: int, loss: str = "train",
+                  skip_fraction: float = DEFAULT_SKIP_FRACTION) -> dict[str, Any]:
     which = ("training loss averaged over each logging window" if loss == "train"
              else "held-out (eval) loss where logged")
     return {
@@ -241,7 +250,8 @@ def _summary_json(task: str, rows: list[StructureSummary], tolerance: float,
         "estimator": {
             "loss": which,
             "frontier": ("lower envelope in log-log of all logged (training FLOPs, loss) points "
-                         f"of all finished runs of a structure ({which}, warmup steps skipped), "
+                         f"of all finished runs of a structure ({which}; the warmup and the first "
+                         f"{skip_fraction:.0%} of each run's steps skipped), "
                          f"Pareto points within {tolerance:.0%} of the lower convex hull"),
             "law": "least squares fit of log L = log a - b log C on the frontier; exponent = b",
             "compute_multiplier": ("geometric mean over the structure's frontier points of "
@@ -454,7 +464,7 @@ def _plot_multipliers(rows: list[StructureSummary], task: str, path: Path) -> No
             ax.errorbar(m, y, xerr=[[max(m - lo, 0)], [max(hi - m, 0)]], fmt="none",
                         ecolor="black", capsize=3, lw=1)
             text += f" [{_fmt(lo)}, {_fmt(hi)}]"
-        ax.annotate(text, (max(m, hi) if math.isfinite(hi) else m, y), xytext=(4, 0),
+        ax.annotate(text, (max(m, 1.0, hi if math.isfinite(hi) else m), y), xytext=(4, 0),
                     textcoords="offset points", va="center", fontsize=7)
     ax.axvline(1.0, color="black", lw=1.2, ls="--")
     ax.set_xscale("log")
@@ -596,7 +606,8 @@ def _markdown(task: str, rows: list[StructureSummary], summary: dict[str, Any]) 
 
 def write_report(out_dir: str | os.PathLike[str], *, task: str | None = None,
                  n_bootstrap: int = 200, seed: int = 0,
-                 tolerance: float = DEFAULT_TOLERANCE, loss: str = "train") -> dict[str, Any]:
+                 tolerance: float = DEFAULT_TOLERANCE, loss: str = "train",
+                 skip_fraction: float = DEFAULT_SKIP_FRACTION) -> dict[str, Any]:
     """Analyse ``out_dir/results.sqlite`` and write the report files into ``out_dir``.
 
     ``loss`` picks the curve the frontier is built from: ``"train"`` (default; see
@@ -613,8 +624,8 @@ def write_report(out_dir: str | os.PathLike[str], *, task: str | None = None,
         raise FileNotFoundError(f"no results store at {db}; run `einsearch search --out {out}` first")
     with ResultStore(db) as store:
         task, rows = analyze_store(store, task, n_bootstrap=n_bootstrap, seed=seed,
-                                   tolerance=tolerance, loss=loss)
-    summary = _summary_json(task, rows, tolerance, n_bootstrap, loss)
+                                   tolerance=tolerance, loss=loss, skip_fraction=skip_fraction)
+    summary = _summary_json(task, rows, tolerance, n_bootstrap, loss, skip_fraction)
     _plot_loss_vs_compute(rows, task, out / "loss_vs_compute.png")
     for key in ("omega", "psi", "nu"):
         _plot_taxonomy(rows, task, key, out / f"taxonomy_{key}.png")
