@@ -102,6 +102,22 @@ def test_loss_choice(tmp_path):
         write_report(tmp_path, loss="test")
 
 
+def test_structure_without_theta(tmp_path):
+    """MoE structures are not points of the theta space: theta and taxonomy are unknown."""
+    fill(tmp_path, ["dense"], widths=(32, 64), steps=30)
+    with ResultStore(tmp_path / "results.sqlite") as st:
+        for w in (32, 64):
+            st.record(make_result("btt_moe", w, steps=30, multiplier=1.5),
+                      {"theta": None, "omega": None, "psi": None, "nu": None})
+    summary = write_report(tmp_path, n_bootstrap=5)
+    row = next(r for r in summary["structures"] if r["name"] == "btt_moe")
+    assert row["theta"] is None and row["omega"] is None
+    assert row["compute_multiplier"] == pytest.approx(1.5, rel=0.3)
+    assert "| btt_moe | n/a | n/a | n/a | n/a |" in (tmp_path / "report.md").read_text()
+    for name in PLOT_NAMES:
+        check_png(tmp_path / name)
+
+
 def test_no_dense_runs_is_a_clear_error(tmp_path):
     fill(tmp_path, ["btt", "low_rank"], widths=(32,), steps=10)
     with pytest.raises(ValueError, match="no dense runs"):

@@ -57,11 +57,23 @@ def test_presets_ship_and_load(fake_config):
         spec = load_spec(name)
         assert spec.structures[0] == "dense" and spec.widths and spec.configs()
     demo = load_spec("demo")
-    assert len(demo.structures) >= 9 and len(demo.widths) == 3
+    assert len(demo.structures) >= 9 and len(demo.widths) >= 3
     assert {"low_rank", "kronecker", "tensor_train", "monarch", "btt", "low_rank_btt"} <= set(
         demo.structures)
     tiny = load_spec("tiny")
     assert tiny.structures == ["dense", "btt"] and len(tiny.configs()) == 4
+
+
+@pytest.mark.skipif(not HAVE_TRAIN, reason="einsearch.train not available yet")
+def test_moe_structures_pass_through():
+    from einsearch.store import structure_meta
+    from einsearch.train import MOE_STRUCTURES
+
+    spec = SweepSpec(task="charlm", structures=list(MOE_STRUCTURES), widths=[64])
+    assert spec.structures == ["dense", *MOE_STRUCTURES]
+    assert [c.structure for c in spec.configs()] == spec.structures
+    assert structure_meta(MOE_STRUCTURES[0]) == {"theta": None, "omega": None, "psi": None,
+                                                 "nu": None}
 
 
 @pytest.mark.skipif(not HAVE_TRAIN, reason="einsearch.train not available yet")

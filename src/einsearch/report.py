@@ -516,7 +516,7 @@ def _reading(task: str, rows: list[StructureSummary]) -> str:
         return f"{word} with a compute multiplier of {_fmt(s.multiplier)}×{ci}"
 
     parts.append(f"the most compute-efficient structure was **{best.name}** "
-                 f"(θ = {best.theta}, ω = {_fmt(best.omega, 2)}, ψ = {_fmt(best.psi, 2)}, "
+                 f"(θ = {best.theta or 'n/a'}, ω = {_fmt(best.omega, 2)}, ψ = {_fmt(best.psi, 2)}, "
                  f"ν = {_fmt(best.nu, 2)}), which {verdict(best)}: it reaches dense's loss "
                  f"with about {_fmt(1 / best.multiplier, 2)} of dense's training FLOPs. ")
     btt = [s for s in others if s.name.lower().startswith("btt")] or [
@@ -584,7 +584,8 @@ def _markdown(task: str, rows: list[StructureSummary], summary: dict[str, Any]) 
         else:
             mult = "n/a"
         runs = f"{s.runs}" + (f" ({s.diverged_runs} diverged)" if s.diverged_runs else "")
-        lines.append(f"| {_md(s.name)} | `{_md(s.theta)}` | {_fmt(s.omega, 2)} | {_fmt(s.psi, 2)} | "
+        theta = f"`{_md(s.theta)}`" if s.theta else "n/a"
+        lines.append(f"| {_md(s.name)} | {theta} | {_fmt(s.omega, 2)} | {_fmt(s.psi, 2)} | "
                      f"{_fmt(s.nu, 2)} | {_fmt_params(s.params)} | {_fmt(s.exponent)} | "
                      f"{mult} | {runs} |")
     notes = [f"- **{s.name}**: {'; '.join(s.notes)}" for s in rows if s.notes]

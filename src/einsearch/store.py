@@ -29,7 +29,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = ["ResultStore", "RunRow", "PointRow", "StoreError", "SCHEMA_VERSION", "FINAL_STATUSES"]
 
@@ -139,11 +139,26 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def moe_structures() -> tuple[str, ...]:
+    """Structure names that are mixtures of experts rather than points of the theta space."""
+    try:
+        from .train import MOE_STRUCTURES
+    except ImportError:  # pragma: no cover - trainer unavailable
+        return ()
+    return tuple(MOE_STRUCTURES)
+
+
 def structure_meta(structure: str) -> dict[str, Any]:
-    """theta text and taxonomy (omega, psi, nu) of a structure name or theta text."""
+    """theta text and taxonomy (omega, psi, nu) of a structure name or theta text.
+
+    MoE structures (``"moe"``, ``"btt_moe"``) are not single points of the space: their theta
+    and taxonomy are recorded as unknown (NULL).
+    """
     from .taxonomy import taxonomy
     from .theta import resolve_structure
 
+    if structure in moe_structures():
+        return {"theta": None, "omega": None, "psi": None, "nu": None}
     theta = resolve_structure(structure)
     tax = taxonomy(theta)
     return {"theta": str(theta), "omega": tax.omega, "psi": tax.psi, "nu": tax.nu}
@@ -331,18 +346,19 @@ class ResultStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY structure, width, seed, lr, run_id"
-        out = []
-        for values in self._conn.execute(sql, args):
-            d = dict(zip(_RUN_COLUMNS, values))
-            d["config"] = json.loads(d.pop("config_json"))
-            out.append(RunRow(**d))
-        return out
+        return [self._row(values) for values in self._conn.execute(sql, args)]
 
     def run(self, run_id: str) -> RunRow | None:
-        for r in self.runs():
-            if r.run_id == run_id:
-                return r
-        return None
+        """One run by id, or None."""
+        values = self._conn.execute(
+            f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if values is None else self._row(values)
+
+    @staticmethod
+    def _row(values: Sequence[Any]) -> RunRow:
+        d = dict(zip(_RUN_COLUMNS, values))
+        d["config"] = json.loads(d.pop("config_json"))
+        return RunRow(**d)
 
     def points(self, run_id: str) -> list[PointRow]:
         """The logged points of one run, by step."""

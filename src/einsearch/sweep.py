@@ -98,9 +98,12 @@ class SweepSpec:
         self.structures = [str(s).strip() for s in _as_list(self.structures, "structures")]
         if not self.structures:
             raise ValueError("structures must not be empty")
+        from .store import moe_structures
         from .theta import resolve_structure
 
-        thetas = [resolve_structure(s) for s in self.structures]  # ValueError names the bad one
+        moe = moe_structures()
+        # ValueError names the bad one
+        thetas = [resolve_structure(s) for s in self.structures if s not in moe]
         dense = resolve_structure("dense")
         if self.include_dense and dense not in thetas:
             self.structures.insert(0, "dense")
@@ -389,10 +392,10 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike[str], jobs: int = 1,
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     t0 = time.perf_counter()
+    configs = spec.configs()  # a bad spec fails here, before anything is written
+    metas = {s: structure_meta(s) for s in spec.structures}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    configs = spec.configs()
-    metas = {s: structure_meta(s) for s in spec.structures}
     _write_spec(spec, out)
 
     with ResultStore(out / "results.sqlite") as store:
