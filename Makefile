@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
 demo: $(STAMP)
-	$(VENV)/bin/einsearch search --task regression --preset demo --out runs/demo
+	$(VENV)/bin/einsearch search --task regression --preset demo --out runs/demo --jobs 2
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

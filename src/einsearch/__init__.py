@@ -11,6 +11,8 @@ Public API::
     TrainConfig, train                 # one training run: a pure function of its config
     get_task, load_corpus              # tasks (regression, charlm) and the text-corpus loader
     BTTMoELinear, MoEFFN, moeify       # mixtures of experts in every linear layer / every FFN
+    load_spec, run_sweep, ResultStore  # sweeps over structures x widths into a SQLite store
+    pareto_frontier, fit_power_law     # scaling-law analysis; write_report for the report
 """
 
 from .convert import StructurizeSummary, structurize
@@ -23,6 +25,10 @@ from .models import GPT, ResidualMLP
 from .moe import BTTMoELinear, MoEFFN, aux_loss, moeify
 from .tasks import Corpus, Task, get_task, load_corpus, register_task, task_names
 from .train import Point, RunResult, TrainConfig, train
+from .store import ResultStore
+from .sweep import SweepSpec, load_spec, run_sweep
+from .scaling import PowerLaw, bootstrap_multiplier, compute_multiplier, fit_power_law, pareto_frontier
+from .report import write_report
 
 __version__ = "0.1.0"
 
@@ -32,6 +38,8 @@ __all__ = [
     "Taxonomy", "taxonomy", "closed_form_params", "closed_form_flops",
     "param_groups", "lr_multipliers", "structurize", "StructurizeSummary",
     "TrainConfig", "Point", "RunResult", "train",
+    "ResultStore", "SweepSpec", "load_spec", "run_sweep", "write_report",
+    "PowerLaw", "pareto_frontier", "fit_power_law", "compute_multiplier", "bootstrap_multiplier",
     "BTTMoELinear", "MoEFFN", "moeify", "aux_loss",
     "Task", "get_task", "register_task", "task_names", "load_corpus", "Corpus", "GPT", "ResidualMLP",
 ]
