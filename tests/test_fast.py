@@ -181,12 +181,8 @@ def test_block_structures_permute_only_x_and_y(theta):
     assert prog.z2_layout == prog.f1.o_layout  # step 2 reads z where step 1 wrote it
     assert prog.dz1_layout == prog.b2.o_layout
     assert prog.f1.o_layout[-1] == "n"  # z is stored token-innermost
-    # one permute of x and one of y per direction, each at most a per-token transpose's price,
-    # plus at most the strided-read penalty of the activations read in place (x' and z, twice each)
-    s = make_plan(theta, 1024, 1024).sizes
-    z_per_token = s.gamma * s.phi * s.rho
-    bound = 2 * fast._PRICE_PER_TOKEN * 1024 + 2 * fast._PENALTY_BATCH_STRIDED * (1024 + z_per_token)
-    assert prog.cost_forward <= bound + 1e-6 and prog.cost_backward <= bound + 1e-6
+    # only x and y are permuted, and never with torch's slow strided permute kernel
+    assert max(prog.cost_forward, prog.cost_backward) < fast._PRICE_STRIDED * 1024
 
 
 def test_describe_is_one_line():

@@ -73,7 +73,25 @@ _PRICE_PER_TOKEN = 2.3
 _PRICE_2D = 6.0
 _PRICE_STRIDED = 15.0
 _PRICE_COMPILED = 1.4         # torch.compile'd permute kernels, any pattern
-_PENALTY_BATCH_STRIDED = 0.5  # GEMM input whose block axis is not outermost (per element)
+_PRICE_GEMM_PER_DIM = 0.05    # permute as a GEMM with an identity: per unit of min(P, Q)
+_PRICE_GEMM_MIN = 1.2
+# Extra time of a batched GEMM over its best operand layouts, in copies of its operands
+# (average of input and output sizes), by the memory order of the runs of the batch axes B,
+# rows M and the contracted (K) or produced (N) axes of each activation operand. Measured
+# with 32 blocks of 32 x 32 and 2048 tokens. "MBK" (the batch in the middle: short rows far
+# apart, e.g. x permuted per token) is slow to read; writing a GEMM output transposed ("BNM")
+# costs extra unless the input is read transposed too.
+_PEN_GEMM = {  # out[B,M,N] = L[B,M,K] @ core: "L class/out class"
+    "BMK/BMN": 0.06, "BMK/BNM": 0.45, "BKM/BMN": 0.01, "BKM/BNM": 0.0,
+    "MBK/BMN": 0.5, "MBK/BNM": 1.15, "KBM/BMN": 0.2, "KBM/BNM": 0.04,
+}
+_PEN_CORE_GRAD = {  # dcore[B,K,N] = L[B,M,K]^T @ dout[B,M,N]: "L class/dout class"
+    "BMK/BMN": 0.2, "BMK/BNM": 0.83, "BMK/MBN": 0.72, "BMK/NBM": 1.15,
+    "BKM/BMN": 0.02, "BKM/BNM": 0.63, "BKM/MBN": 0.61, "BKM/NBM": 0.92,
+    "MBK/BMN": 0.73, "MBK/BNM": 1.67, "MBK/MBN": 0.97, "MBK/NBM": 1.98,
+    "KBM/BMN": 0.0, "KBM/BNM": 0.86, "KBM/MBN": 0.61, "KBM/NBM": 1.05,
+}
+_PENALTY_UNKNOWN = 0.5
 _PENALTY_REDUCE_TEMP = 1.0    # per-token core gradient: per temp element written and read
 _REDUCE_CHUNK_ELEMS = 1 << 20  # temp elements per chunk of the per-token core gradient
 
@@ -137,12 +155,40 @@ def _direct_price(src_g: list[str], dst_g: list[str], gsize: dict[str, int], com
     return _PRICE_2D if len(src_g) == 2 else _PRICE_STRIDED
 
 
+def _gemm_transpose_price(src_g: list[str], dst_g: list[str], gsize: dict[str, int]) -> float:
+    """Price of a permute done as a batched GEMM with an identity matrix, or inf if impossible.
+
+    When the output is a batch of matrices ``[B, P, Q]`` and the input holds each of them with
+    a unit stride in P or Q, ``out[b] = I_P @ in[b]`` (or ``in[b] @ I_Q``) is a batched
+    transpose that MKL runs at GEMM speed: 2 * min(P, Q) FLOPs per element, which for small
+    blocks (32) beats torch's scalar permute kernel by a third. Exact for finite values (every
+    output is one product by 1.0 plus products by 0.0); an inf or NaN in a row spreads NaN
+    over that row of the copy (inf * 0), where the layer's output is inf/NaN anyway.
+    """
+    if len(dst_g) < 2 or src_g[-1] not in dst_g[-2:]:
+        return math.inf
+    batch = dst_g[:-2]
+    if batch:
+        idx = [src_g.index(g) for g in batch]
+        if idx != list(range(idx[0], idx[0] + len(idx))):
+            return math.inf
+    return max(_PRICE_GEMM_MIN, _PRICE_GEMM_PER_DIM * min(gsize[dst_g[-2]], gsize[dst_g[-1]]))
+
+
 @functools.lru_cache(maxsize=65536)
-def _price(src: str, dst: str, sizes: tuple[tuple[str, int], ...], compiled: bool) -> float:
+def _step_choice(src: str, dst: str, sizes: tuple[tuple[str, int], ...], compiled: bool) -> tuple[float, str]:
+    """(price per element, method) of one permute step: "copy" (torch's kernel) or "gemm"."""
     sg, dg = _groups_of(src, dst)
     size = dict(sizes)
     gsize = {g: _prod(size.get(ax, 1) for ax in g) for g in sg}
-    return _direct_price(sg, dg, gsize, compiled)
+    options = [(_direct_price(sg, dg, gsize, compiled), "copy")]
+    if src != dst:
+        options.append((_gemm_transpose_price(sg, dg, gsize), "gemm"))
+    return min(options)
+
+
+def _price(src: str, dst: str, sizes: tuple[tuple[str, int], ...], compiled: bool) -> float:
+    return _step_choice(src, dst, sizes, compiled)[0]
 
 
 @functools.lru_cache(maxsize=65536)
@@ -195,10 +241,6 @@ def _run_orders(layout: str, groups: dict[str, str | frozenset]) -> dict[str, st
     return orders
 
 
-def _batch_strided(layout: str, batch: str) -> bool:
-    return bool(batch) and layout[0] != batch
-
-
 @dataclass(frozen=True)
 class GemmSpec:
     """``out[B, M, N] = L[B, M, K] @ R[B, K, N]`` (orders of the named axes of each group).
@@ -238,6 +280,16 @@ class Program:
     @property
     def cost(self) -> float:
         return self.cost_forward + self.cost_backward
+
+    @property
+    def is_chain(self) -> bool:
+        """Both steps are plain row-major 2-D GEMMs on x, z and y as they are (low rank)."""
+        if self.kind != "two_step":
+            return False
+        f1, f2, b1, b2 = self.f1, self.f2, self.b1, self.b2
+        return (f1.batch == f2.batch == "" and f1.l_layout == self.x_axes == f1.m + f1.k
+                and f1.o_layout == self.z2_layout == f1.m + f1.n_ == f2.m + f2.k
+                and f2.o_layout == self.y_axes == f2.m + f2.n_)
 
 
 def _nontrivial(axes: str, sizes: dict[str, int]) -> str:
@@ -331,93 +383,101 @@ def _program(plan: EinsumPlan, compiled: bool) -> Program:
                    compiled=compiled, cost_forward=cf, cost_backward=cb)
 
 
+def _run_class(layout: str, groups: dict[str, str | frozenset]) -> str:
+    """Order of the (non-empty) runs of ``layout``, e.g. "BMK" (valid layouts only)."""
+    owner = {ax: name for name, axes in groups.items() for ax in axes}
+    return "".join(k for k, _ in itertools.groupby(owner[ax] for ax in layout))
+
+
+def _gemm_penalty(table: dict[str, float], l_class: str, o_class: str) -> float:
+    """Extra time of one batched GEMM over its best operand layouts, in copies of its operands."""
+    if "B" not in l_class or "B" not in o_class:
+        return 0.0  # plain GEMM: BLAS reads transposed operands at full speed
+    return table.get(f"{l_class}/{o_class}", _PENALTY_UNKNOWN)
+
+
 def _search(bt1, M1, K1, N1, bt2, M2, K2, N2, m1, m2, x_axes, z_axes, y_axes, x_el, z_el, y_el, relayout):
-    """Best layouts for fixed batch choices and M orders; None if infeasible."""
+    """Best layouts for fixed batch choices and M orders; None if infeasible.
+
+    Cost = permutes (price x elements) + for each of the six GEMMs the measured extra time of
+    its operand layouts (``_PEN_GEMM`` / ``_PEN_CORE_GRAD``, in copies of the operands).
+    Forward and backward layouts meet in the two core gradients (x' with dz1, z2 with dy'), so
+    x' and dy' are enumerated jointly and the rest is chosen per pair.
+    """
     g1_in = {"B": bt1, "M": M1, "K": K1}
     g1_out = {"B": bt1, "M": M1, "N": N1}
     g2_in = {"B": bt2, "M": M2, "K": K2}
     g2_out = {"B": bt2, "M": M2, "N": N2}
-    pen = _PENALTY_BATCH_STRIDED
+    fwd, cg = _PEN_GEMM, _PEN_CORE_GRAD
 
-    # x': read by step 1 (forward) and by step 1's core gradient.
-    opts = []
-    for lx in _perms(x_axes):
-        o = _run_orders(lx, g1_in)
-        if o is None or o["M"] != m1:
-            continue
-        c = relayout(x_axes, lx) * x_el + (2 * pen * x_el if _batch_strided(lx, bt1) else 0.0)
-        opts.append((c, lx, o["K"]))
-    if not opts:
+    def readable(axes, groups, m_order, key):
+        out = []
+        for lay in _perms(axes):
+            o = _run_orders(lay, groups)
+            if o is not None and o["M"] == m_order:
+                out.append((lay, o[key], _run_class(lay, groups)))
+        return out
+
+    xs = readable(x_axes, g1_in, m1, "K")            # x' as step 1 reads it
+    dys = readable(y_axes, g2_out, m2, "N")          # dy' as step 2's backward reads it
+    z2s = readable(z_axes, g2_in, m2, "K")           # z as step 2 reads it
+    dz1s = readable(z_axes, g1_out, m1, "N")         # dz as step 1's backward reads it
+    if not (xs and dys and z2s and dz1s):
         return None
-    cx, lx, k1 = min(opts)
 
-    # z (step-1 output) and z2 (step-2 input, read twice: forward and core gradient).
-    z2_ok = []
-    for lz2 in _perms(z_axes):
-        o = _run_orders(lz2, g2_in)
-        if o is not None and o["M"] == m2:
-            z2_ok.append((lz2, o["K"], 2 * pen * z_el if _batch_strided(lz2, bt2) else 0.0))
-    if not z2_ok:
-        return None
-    cz, lz, n1, lz2, k2 = _pick_pair(_outputs(bt1, m1, N1), z2_ok, z_el, relayout)
+    def outs(batch, m_order, other, groups):
+        return [(lay, o, _run_class(lay, groups)) for lay, o in _outputs(batch, m_order, other)]
 
-    # y' (step-2 output) -> y.
-    opts = [(relayout(ly, y_axes) * y_el, ly, n2) for ly, n2 in _outputs(bt2, m2, N2)]
-    cy, ly, n2 = min(opts)
+    z_outs = outs(bt1, m1, N1, g1_out)
+    y_outs = outs(bt2, m2, N2, g2_out)
+    dz_outs = outs(bt2, m2, K2, g2_in)
+    dx_outs = outs(bt1, m1, K1, g1_in)
 
-    # Backward: dy -> dy' (read by both step-2 backward GEMMs).
-    opts = []
-    for ldy in _perms(y_axes):
-        o = _run_orders(ldy, g2_out)
-        if o is None or o["M"] != m2:
-            continue
-        opts.append((relayout(y_axes, ldy) * y_el + (2 * pen * y_el if _batch_strided(ldy, bt2) else 0.0),
-                     ldy, o["N"]))
-    if not opts:
-        return None
-    cdy, ldy, n2b = min(opts)
+    def links(srcs, dsts, numel):
+        """(src, dst, permute cost): read in place where possible, else the cheapest permutes."""
+        by = {d[0]: d for d in dsts}
+        pairs = [(sv, by[sv[0]], 0.0) for sv in srcs if sv[0] in by]
+        if pairs:
+            return pairs
+        for sv in srcs:
+            near = sorted(dsts, key=lambda d: (relayout(sv[0], d[0], direct=True), d[0]))[:4]
+            pairs += [(sv, d, relayout(sv[0], d[0]) * numel) for d in near]
+        return pairs
 
-    # dz (step-2 backward output) -> dz1 (read by both step-1 backward GEMMs).
-    dz1_ok = []
-    for ldz1 in _perms(z_axes):
-        o = _run_orders(ldz1, g1_out)
-        if o is not None and o["M"] == m1:
-            dz1_ok.append((ldz1, o["N"], 2 * pen * z_el if _batch_strided(ldz1, bt1) else 0.0))
-    if not dz1_ok:
-        return None
-    cdz, ldz, k2b, ldz1, n1b = _pick_pair(_outputs(bt2, m2, K2), dz1_ok, z_el, relayout)
+    z_links = links(z_outs, z2s, z_el)
+    dz_links = links(dz_outs, dz1s, z_el)
+    # best y' for each z2 (step 2 forward + permute to y); best dx' for each dz1
+    y_best = {}
+    for lz2, _, cz2 in z2s:
+        y_best[lz2] = min((_gemm_penalty(fwd, cz2, cy) * (z_el + y_el) / 2 + relayout(ly, y_axes) * y_el, ly, n2)
+                          for ly, n2, cy in y_outs)
+    dx_best = {}
+    for ldz1, _, cdz1 in dz1s:
+        dx_best[ldz1] = min((_gemm_penalty(fwd, cdz1, cx) * (z_el + x_el) / 2 + relayout(ldx, x_axes) * x_el,
+                             ldx, k1b) for ldx, k1b, cx in dx_outs)
 
-    # dx' (step-1 backward output) -> dx.
-    opts = [(relayout(ldx, x_axes) * x_el, ldx, k1b) for ldx, k1b in _outputs(bt1, m1, K1)]
-    cdx, ldx, k1b = min(opts)
-
+    best = None
+    for lx, k1, cx in xs:
+        c_x = relayout(x_axes, lx) * x_el
+        for ldy, n2b, cdy in dys:
+            c_dy = relayout(y_axes, ldy) * y_el
+            zb = min((_gemm_penalty(fwd, cx, z[2]) * (x_el + z_el) / 2 + perm + y_best[z2[0]][0]
+                      + _gemm_penalty(cg, z2[2], cdy) * (z_el + y_el) / 2, z, z2) for z, z2, perm in z_links)
+            db = min((_gemm_penalty(fwd, cdy, dz[2]) * (y_el + z_el) / 2 + perm + dx_best[dz1[0]][0]
+                      + _gemm_penalty(cg, cx, dz1[2]) * (x_el + z_el) / 2, dz, dz1) for dz, dz1, perm in dz_links)
+            total = c_x + zb[0] + c_dy + db[0]
+            if best is None or total < best[0] - 1e-9:
+                best = (total, (lx, k1), (ldy, n2b), zb, db, c_x + zb[0], c_dy + db[0])
+    _, (lx, k1), (ldy, n2b), (_, z, z2), (_, dz, dz1), cost_f, cost_b = best
+    lz, n1, lz2, k2 = z[0], z[1], z2[0], z2[1]
+    ldz, k2b, ldz1, n1b = dz[0], dz[1], dz1[0], dz1[1]
+    _, ly, n2 = y_best[lz2]
+    _, ldx, k1b = dx_best[ldz1]
     f1 = GemmSpec(bt1, m1, k1, n1, lx, lz)
     f2 = GemmSpec(bt2, m2, k2, n2, lz2, ly)
     b2 = GemmSpec(bt2, m2, n2b, k2b, ldy, ldz)      # dz = dy' @ C2^T: contraction over N2
     b1 = GemmSpec(bt1, m1, n1b, k1b, ldz1, ldx)     # dx' = dz1 @ C1^T: contraction over N1
-    return cx + cz + cy, cdy + cdz + cdx, (f1, f2, b2, b1, lz2, ldz1)
-
-
-def _pick_pair(outputs, readable, numel, relayout):
-    """Best (cost, out layout, its free order, read layout, its order) for an intermediate.
-
-    Reading the GEMM output in place (at most a small penalty) always beats a permute (every
-    permute costs more than the largest penalty), so permutes are priced only when needed,
-    and then only towards layouts whose block axis is outermost.
-    """
-    by_layout = {lay: (order, p) for lay, order, p in readable}
-    direct = [(by_layout[lay][1], lay, o, lay, by_layout[lay][0]) for lay, o in outputs if lay in by_layout]
-    if direct:
-        return min(direct)
-    targets = [r for r in readable if r[2] == 0.0] or readable
-    best = None
-    for lay, o in outputs:
-        # price the full (multi-step) path only for the targets cheapest to reach directly
-        near = sorted(targets, key=lambda t: (relayout(lay, t[0], direct=True), t[0]))[:4]
-        for r, ro, p in near:
-            c = (relayout(lay, r) * numel + p, lay, o, r, ro)
-            best = c if best is None or c < best else best
-    return best
+    return cost_f, cost_b, (f1, f2, b2, b1, lz2, ldz1)
 
 
 def program(plan: EinsumPlan) -> Program:
@@ -460,13 +520,16 @@ def _compiled_permute():
 def _relayout(t: Tensor, src: str, dst: str, shape: dict[str, int], compiled: bool) -> Tensor:
     """Copy ``t`` (contiguous in ``src`` order) into a contiguous tensor in ``dst`` order."""
     if src == dst:
-        return t
+        return t.view([shape[ax] for ax in dst])
     key = tuple(sorted((ax, 2048 if ax == TOKEN else v) for ax, v in shape.items()))
     _, path = _relayout_path(src, dst, key, compiled)
     for s, d in zip(path[:-1], path[1:]):
         sg, dg = _groups_of(s, d)
         v = t.view([_prod(shape[ax] for ax in g) for g in sg])
         perm = [sg.index(g) for g in dg]
+        if _step_choice(s, d, key, compiled)[1] == "gemm":
+            t = _gemm_transpose(v.permute(perm), len(dg) - 2)
+            continue
         if compiled:
             try:
                 t = _compiled_permute()(v, perm)
@@ -480,7 +543,35 @@ def _relayout(t: Tensor, src: str, dst: str, shape: dict[str, int], compiled: bo
             t = v.unsqueeze(0).permute([0, 2, 1]).contiguous()
         else:
             t = v.permute(perm).contiguous()
-    return t
+    return t.view([shape[ax] for ax in dst])
+
+
+_EYES: dict[tuple, Tensor] = {}
+
+
+def _eye(k: int, like: Tensor) -> Tensor:
+    key = (k, like.dtype, like.device)
+    eye = _EYES.get(key)
+    if eye is None:
+        eye = _EYES[key] = torch.eye(k, dtype=like.dtype, device=like.device)
+    return eye
+
+
+def _gemm_transpose(v: Tensor, batch_dims: int) -> Tensor:
+    """Contiguous copy of the view ``v`` = [*B, P, Q] (unit stride in P or Q) via identity GEMMs."""
+    lead = list(v.shape[:batch_dims])
+    v3 = v.flatten(0, batch_dims - 1) if batch_dims else v.unsqueeze(0)
+    nb, p, q = v3.shape
+    out = v.new_empty(nb, p, q)
+    if p <= q:
+        left, right = _eye(p, v).expand(nb, p, p), v3
+    else:
+        left, right = v3, _eye(q, v).expand(nb, q, q)
+    if nb == 1:
+        torch.mm(left[0], right[0], out=out[0])
+    elif nb:
+        torch.bmm(left, right, out=out)
+    return out.view(*lead, p, q)
 
 
 # ============================================================================ GEMMs
@@ -566,33 +657,70 @@ def _core_gemm(act: Tensor, a_spec: tuple, dout: Tensor, d_spec: tuple, batch: s
 
 
 # ============================================================================ autograd
-class _TwoStep(torch.autograd.Function):
-    """x (n, d_in_padded) -> y (n, d_out_padded) through the program's two GEMMs."""
+class _Relayout(torch.autograd.Function):
+    """Differentiable permute-copy between axis orders, through the planned cheap path.
+
+    Input: a tensor whose dims are the axes ``src`` (any dense strides; its memory order is
+    read off the strides). Output: contiguous, dims in ``dst`` order. The backward is the same
+    op the other way round, so it accepts the gradient in whatever memory order it arrives.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan, prog: Program, shape: dict[str, int]):
+    def forward(ctx, t: Tensor, src: str, dst: str, shape: dict[str, int]):
+        ctx.src, ctx.dst, ctx.shape = src, dst, shape
+        mem = _memory_order(t, src)
+        if mem is None:
+            t, mem = t.contiguous(), src
+        else:
+            t = t.permute([src.index(ax) for ax in mem])
+        out = _relayout(t, mem, dst, shape, _COMPILE)
+        return out.clone() if mem == dst else out  # never hand back (a view of) the input
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return _Relayout.apply(g, ctx.dst, ctx.src, ctx.shape), None, None, None
+
+
+def _memory_order(t: Tensor, axes: str) -> str | None:
+    """The axis order in which ``t`` (dims named ``axes``) is contiguous in memory, if any."""
+    if t.is_contiguous():
+        return axes
+    order = sorted(range(t.dim()), key=lambda i: (t.size(i) > 1, t.stride(i)), reverse=True)
+    if t.permute(order).is_contiguous():
+        return "".join(axes[i] for i in order)
+    return None
+
+
+class _TwoStep(torch.autograd.Function):
+    """x' (dims in ``prog.f1.l_layout`` order, contiguous) -> y (n, d_out_padded).
+
+    Saves only its input x' and the intermediate z (both read again by the core gradients);
+    returns the gradient of x' as a permuted view of a buffer in the backward's own layout,
+    which ``_Relayout``'s backward turns into dx in one permute.
+    """
+
+    @staticmethod
+    def forward(ctx, xp: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan, prog: Program, shape: dict[str, int]):
         f1, f2 = prog.f1, prog.f2
         which1 = prog.core1
         which2 = "b" if which1 == "a" else "a"
         c1, c2 = (a, b) if which1 == "a" else (b, a)
         comp = prog.compiled and _COMPILE
-        xp = _relayout(x.contiguous().view([shape[ax] for ax in prog.x_axes]), prog.x_axes, f1.l_layout,
-                       shape, comp)
         z = _gemm(xp, _core3(c1, which1, f1.batch, f1.k, f1.n_, shape), f1, shape)
         z2 = _relayout(z, f1.o_layout, prog.z2_layout, shape, comp)
         yp = _gemm(z2, _core3(c2, which2, f2.batch, f2.k, f2.n_, shape), f2, shape)
         y = _relayout(yp, f2.o_layout, prog.y_axes, shape, comp)
-        ctx.save_for_backward(x if x.requires_grad else None, xp, a, b, z2)
+        ctx.save_for_backward(xp, a, b, z2)
         ctx.plan, ctx.prog, ctx.shape = plan, prog, shape
-        return y.view(x.shape[0], plan.d_out_padded)
+        return y.view(shape[TOKEN], plan.d_out_padded)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        x, xp, a, b, z2 = ctx.saved_tensors
+        xp, a, b, z2 = ctx.saved_tensors
         prog, shape = ctx.prog, ctx.shape
         need_x, need_a, need_b = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
-            return (*_reference_grads(x, xp, a, b, dy, ctx.plan, prog, shape, (need_x, need_a, need_b)),
+            return (*_reference_grads(xp, a, b, dy, ctx.plan, prog, shape, (need_x, need_a, need_b)),
                     None, None, None)
         f1, f2, b1, b2 = prog.f1, prog.f2, prog.b1, prog.b2
         which1 = prog.core1
@@ -602,41 +730,35 @@ class _TwoStep(torch.autograd.Function):
         comp = prog.compiled and _COMPILE
         dyp = _relayout(dy.contiguous().view([shape[ax] for ax in prog.y_axes]), prog.y_axes, b2.l_layout,
                         shape, comp)
-        g1 = g2 = dx = None
+        g1 = g2 = dxp = None
         if need2:  # dC2[B, K2, N2] = z2^T @ dy'
             g3 = _core_gemm(z2, (f2.l_layout, f2.m, f2.k), dyp, (b2.l_layout, b2.m, b2.k), f2.batch, shape)
             g2 = _core_grad(g3, which2, f2.batch, f2.k, b2.k, shape, c2.shape)
         if need1 or need_x:
-            dz = _gemm(dyp, _core3_t(c2, which2, b2, shape), b2, shape)
+            dz = _gemm(dyp, _core3(c2, which2, b2.batch, b2.k, b2.n_, shape), b2, shape)
             dz1 = _relayout(dz, b2.o_layout, prog.dz1_layout, shape, comp)
             if need1:  # dC1[B, K1, N1] = x'^T @ dz1
                 g3 = _core_gemm(xp, (f1.l_layout, f1.m, f1.k), dz1, (b1.l_layout, b1.m, b1.k), f1.batch, shape)
                 g1 = _core_grad(g3, which1, f1.batch, f1.k, b1.k, shape, c1.shape)
-            if need_x:
-                dxp = _gemm(dz1, _core3_t(c1, which1, b1, shape), b1, shape)
-                dx = _relayout(dxp, b1.o_layout, prog.x_axes, shape, comp).view(dy.shape[0], ctx.plan.d_in_padded)
+            if need_x:  # dx' in the backward's layout, seen with x''s dims
+                buf = _gemm(dz1, _core3(c1, which1, b1.batch, b1.k, b1.n_, shape), b1, shape)
+                dxp = buf.permute([b1.o_layout.index(ax) for ax in f1.l_layout])
         ga, gb = (g1, g2) if which1 == "a" else (g2, g1)
-        return dx, ga, gb, None, None, None
+        return dxp, ga, gb, None, None, None
 
 
-def _core3_t(core: Tensor, which: str, spec: GemmSpec, shape: dict[str, int]) -> Tensor:
-    """Core as [B or 1, K, N] for a backward GEMM ``spec`` (K = forward N, N = forward K)."""
-    return _core3(core, which, spec.batch, spec.k, spec.n_, shape)
-
-
-def _reference_grads(x, xp, a, b, dy, plan, prog, shape, needs):
+def _reference_grads(xp, a, b, dy, plan, prog, shape, needs):
     """First-order gradients through the reference path, differentiably (double backward)."""
     n = shape[TOKEN]
-    if x is None:  # x does not require grad: its value is all that is needed
-        v = xp.view([shape[ax] for ax in prog.f1.l_layout])
-        x = v.permute([prog.f1.l_layout.index(ax) for ax in prog.x_axes]).reshape(n, plan.d_in_padded)
     with torch.enable_grad():
+        lay = prog.f1.l_layout
+        x = xp.permute([lay.index(ax) for ax in prog.x_axes]).reshape(n, plan.d_in_padded)
         s = plan.sizes
         xs = x.reshape(n, s.alpha, s.beta, s.gamma)
         first, second = (a, b) if plan.first == "A" else (b, a)
         z = torch.einsum(plan.eq_first, xs, first)
         y = torch.einsum(plan.eq_second, z, second).reshape(n, plan.d_out_padded)
-        inputs = [t for t, need in zip((x, a, b), needs) if need]
+        inputs = [t for t, need in zip((xp, a, b), needs) if need]
         grads = torch.autograd.grad(y, inputs, dy, create_graph=True, allow_unused=True)
     it = iter(grads)
     return [next(it) if need else None for need in needs]
@@ -657,7 +779,28 @@ def einsum_linear(x: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan) -> Tensor:
         return crop_output(torch.mm(xp, w), plan)
     shape = dict(prog.sizes)
     shape[TOKEN] = x.shape[0]
-    return crop_output(_TwoStep.apply(xp, a, b, plan, prog, shape), plan)
+    xs = xp.view([shape[ax] for ax in prog.x_axes]) if xp.is_contiguous() else \
+        xp.reshape([shape[ax] for ax in prog.x_axes])
+    if prog.is_chain:  # two plain row-major GEMMs (low rank): autograd's mm backward is optimal
+        f1, f2 = prog.f1, prog.f2
+        c1, c2 = (a, b) if prog.core1 == "a" else (b, a)
+        which2 = "b" if prog.core1 == "a" else "a"
+        z = xs.reshape(-1, _prod(shape[ax] for ax in f1.k)) @ _core2d(c1, prog.core1, f1, shape)
+        y = z.view(-1, _prod(shape[ax] for ax in f2.k)) @ _core2d(c2, which2, f2, shape)
+        return crop_output(y.view(shape[TOKEN], plan.d_out_padded), plan)
+    if prog.f1.l_layout != prog.x_axes:
+        xs = _Relayout.apply(xs, prog.x_axes, prog.f1.l_layout, shape)
+    elif not xs.is_contiguous():
+        xs = xs.contiguous()
+    return crop_output(_TwoStep.apply(xs, a, b, plan, prog, shape), plan)
+
+
+def _core2d(core: Tensor, which: str, spec: GemmSpec, shape: dict[str, int]) -> Tensor:
+    """Core as a [K, N] matrix through differentiable views (for the plain-GEMM chain)."""
+    kept = _core_axes(which, shape)
+    target = spec.k + spec.n_
+    t = core.reshape([shape[ax] for ax in kept]).permute([kept.index(ax) for ax in target])
+    return t.reshape(_prod(shape[ax] for ax in spec.k), _prod(shape[ax] for ax in spec.n_))
 
 
 def tune_cpu_allocator(mmap_threshold: int = 1 << 30) -> bool:
