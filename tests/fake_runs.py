@@ -19,6 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from einsearch.train import TrainConfig
+
+
+def _run_id(self) -> str:
+    text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class FakeConfig:
@@ -32,8 +39,7 @@ class FakeConfig:
     log_every: int = 1
 
     def run_id(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha1(text.encode()).hexdigest()[:16]
+        return _run_id(self)
 
 
 @dataclass
@@ -56,35 +62,15 @@ class FakeResult:
     final_eval_loss: float | None = None
 
 
-@dataclass(frozen=True)
-class FakeTrainConfig:
-    """Same fields and defaults as the ``einsearch.train.TrainConfig`` interface."""
-
-    task: str = "regression"
-    structure: str = "dense"
-    width: int = 64
-    depth: int | None = None
-    base_width: int = 64
-    seed: int = 0
-    lr: float = 3e-3
-    steps: int = 500
-    batch_size: int = 128
-    warmup_steps: int = 50
-    schedule: str = "constant"
-    weight_decay: float = 0.0
-    einsum_norm: bool = True
-    log_every: int = 25
-    eval_batches: int = 4
-    data: str | None = None
-    block_size: int = 128
-    num_experts: int | None = None
-    top_k: int = 2
-    aux_loss_weight: float = 0.01
-    divergence_factor: float = 4.0
-
-    def run_id(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha1(text.encode()).hexdigest()[:16]
+# The fields and defaults of the real TrainConfig, without its validation: the fake trainer
+# reads its instructions (sleep, fail, diverge) from ``data``, which regression would reject.
+FakeTrainConfig = dataclasses.make_dataclass(
+    "FakeTrainConfig",
+    [(f.name, f.type, dataclasses.field(default=f.default)) for f in dataclasses.fields(TrainConfig)],
+    frozen=True,
+    namespace={"run_id": _run_id},
+)
+FakeTrainConfig.__module__ = __name__  # picklable for the sweep's worker processes
 
 
 MULTIPLIERS = {"dense": 1.0, "btt": 2.0, "low_rank": 0.5, "kronecker": 0.7}

@@ -23,13 +23,6 @@ TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 from fake_runs import FakeTrainConfig, fake_train  # noqa: E402
 
-try:
-    import einsearch.train as _real_train  # noqa: F401
-
-    HAVE_TRAIN = True
-except ImportError:  # the trainer lands in parallel
-    HAVE_TRAIN = False
-
 FAST = {"steps": 20, "warmup_steps": 0, "log_every": 1}
 
 
@@ -64,7 +57,6 @@ def test_presets_ship_and_load(fake_config):
     assert tiny.structures == ["dense", "btt"] and len(tiny.configs()) == 4
 
 
-@pytest.mark.skipif(not HAVE_TRAIN, reason="einsearch.train not available yet")
 def test_moe_structures_pass_through():
     from einsearch.store import structure_meta
     from einsearch.train import MOE_STRUCTURES
@@ -76,7 +68,6 @@ def test_moe_structures_pass_through():
                                                  "nu": None}
 
 
-@pytest.mark.skipif(not HAVE_TRAIN, reason="einsearch.train not available yet")
 def test_presets_are_valid_train_configs():
     for name in preset_names():
         for cfg in load_spec(name).configs():
@@ -293,7 +284,6 @@ def test_progress_bar_shows_runs_and_loss(tmp_path, fake_config, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAVE_TRAIN, reason="einsearch.train not available yet")
 def test_tiny_sweep_end_to_end(tmp_path):
     spec = load_spec("tiny")
     out = run_sweep(spec, tmp_path, show_progress=False, n_bootstrap=20)
