@@ -175,3 +175,38 @@ def test_several_tasks_need_a_choice(tmp_path):
     # NaN never reaches the JSON file
     text = (tmp_path / "summary.json").read_text()
     assert "NaN" not in text and not math.isnan(summary["structures"][0]["exponent"])
+
+
+def test_btt_moe_is_compared_head_to_head_with_moe(tmp_path):
+    with ResultStore(tmp_path / "results.sqlite") as st:
+        for name, m in (("dense", 1.0), ("moe", 1.5), ("btt_moe", 3.0)):
+            for w in (32, 64, 128):
+                st.record(make_result(name, w, steps=40, multiplier=m))
+    summary = write_report(tmp_path, n_bootstrap=20)
+    rows = {r["name"]: r for r in summary["structures"]}
+    # the fake law has a width-limited floor, which biases each estimate a little (see above)
+    assert rows["moe"]["compute_multiplier"] == pytest.approx(1.5, rel=0.3)
+    assert rows["btt_moe"]["compute_multiplier"] == pytest.approx(3.0, rel=0.3)
+    (h,) = summary["head_to_head"]
+    assert (h["name"], h["reference"]) == ("btt_moe", "moe")
+    assert h["compute_multiplier"] == pytest.approx(2.0, rel=0.3)
+    lo, hi = h["compute_multiplier_ci"]
+    assert lo <= h["compute_multiplier"] <= hi
+    assert json.loads((tmp_path / "summary.json").read_text())["head_to_head"] == summary["head_to_head"]
+    md = (tmp_path / "report.md").read_text()
+    assert "## Head to head" in md and "| btt_moe | moe |" in md
+    assert "It is a BTT structure" not in md  # BTT-MoE is not the plain BTT structure
+
+
+def test_no_head_to_head_without_both_moe_structures(report_dir):
+    out, summary = report_dir
+    assert summary["head_to_head"] == []
+    assert "## Head to head" not in (out / "report.md").read_text()
+
+
+def test_reading_names_the_btt_family(report_dir):
+    out, summary = report_dir
+    best = summary["structures"][1]
+    assert best["name"] == "btt"  # the fake law gives btt the largest multiplier (2x)
+    reading = (out / "report.md").read_text().split("## Reading", 1)[1].split("##", 1)[0]
+    assert "**btt**" in reading and "It is a BTT structure" in reading and "beat dense" in reading

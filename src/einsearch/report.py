@@ -200,6 +200,38 @@ def analyze_store(store: ResultStore, task: str | None = None, *, n_bootstrap: i
     return task, order
 
 
+# Pairs of structures also compared head to head when both are in a sweep: (name, reference).
+HEAD_TO_HEAD = (("btt_moe", "moe"),)
+
+
+def head_to_head(rows: list[StructureSummary], *, n_bootstrap: int = 200, seed: int = 0,
+                 tolerance: float = DEFAULT_TOLERANCE) -> list[dict[str, Any]]:
+    """Multiplier of each ``HEAD_TO_HEAD`` structure over its reference, where both are present.
+
+    The same estimator as against dense, with the reference's fitted law in dense's place:
+    the geometric mean over the structure's frontier points of C_ref(L_i) / C_i (> 1: the
+    structure needs less compute than the reference for the same loss), with a bootstrap
+    interval over both structures' runs.
+    """
+    by_name = {s.name: s for s in rows}
+    out = []
+    for name, ref_name in HEAD_TO_HEAD:
+        s, ref = by_name.get(name), by_name.get(ref_name)
+        if s is None or ref is None or ref.fit is None or ref.fit.law is None or not len(s.fit.frontier):
+            continue
+        m = compute_multiplier(ref.fit.law, s.fit.frontier.compute, s.fit.frontier.loss,
+                               dense_frontier=ref.fit.frontier, struct_law=s.fit.law)
+        lo = hi = math.nan
+        if n_bootstrap > 0:
+            boot = bootstrap_multiplier(s.curves, ref.curves, n=n_bootstrap, seed=seed,
+                                        tolerance=tolerance)
+            lo, hi = boot.lo, boot.hi
+        out.append({"name": name, "reference": ref_name, "compute_multiplier": _num(m.mean),
+                    "compute_multiplier_ci": [_num(lo), _num(hi)],
+                    "multiplier_at_matched_loss": _num(m.at_matched_loss)})
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 # writing
 
@@ -519,14 +551,15 @@ def _reading(task: str, rows: list[StructureSummary]) -> str:
                  f"(θ = {best.theta or 'n/a'}, ω = {_fmt(best.omega, 2)}, ψ = {_fmt(best.psi, 2)}, "
                  f"ν = {_fmt(best.nu, 2)}), which {verdict(best)}: it reaches dense's loss "
                  f"with about {_fmt(1 / best.multiplier, 2)} of dense's training FLOPs. ")
-    btt = [s for s in others if s.name.lower().startswith("btt")] or [
-        s for s in others if _is_btt_family(s.theta)]
+    btt = [s for s in others if _is_btt_family(s.theta)
+           or (s.theta is None and s.name.lower().split("(")[0] == "btt")]
     for s in btt:
         if s is not best:
             parts.append(f"BTT (`{s.name}`) {verdict(s)}. ")
         else:
-            parts.append("BTT was the best structure. ")
-    if not btt:
+            rho = s.theta.strip("()").split("|")[-1] if s.theta else "?"
+            parts.append(f"It is a BTT structure (θ = (0.5|0|0.5|0|0.5|0.5|ρ) with ρ = {rho}). ")
+    if not btt and not any(s.name == "btt_moe" for s in others):
         parts.append("No BTT structure was in this sweep. ")
     crossing = [s for s in others if math.isfinite(s.at_matched_loss) and s.at_matched_loss > 0
                 and abs(math.log(s.multiplier / s.at_matched_loss)) > math.log(2.0)]
@@ -552,6 +585,17 @@ def _reading(task: str, rows: list[StructureSummary]) -> str:
     return "".join(parts).strip()
 
 
+def _head_to_head_sentence(summary: dict[str, Any]) -> str:
+    parts = []
+    for h in summary.get("head_to_head", []):
+        lo, hi = h["compute_multiplier_ci"]
+        ci = f" (95% CI {_fmt(lo)}–{_fmt(hi)})" if lo is not None and hi is not None else ""
+        parts.append(f" Head to head, {h['name']} needed {_fmt(1 / h['compute_multiplier'], 2)}× "
+                     f"the compute of {h['reference']} for the same loss: a multiplier of "
+                     f"{_fmt(h['compute_multiplier'])}×{ci}.")
+    return "".join(parts)
+
+
 def _is_btt_family(theta: str | None) -> bool:
     if not theta:
         return False
@@ -570,7 +614,7 @@ def _md(text: object) -> str:
 def _markdown(task: str, rows: list[StructureSummary], summary: dict[str, Any]) -> str:
     lines = [f"# einsearch report: `{task}`", "",
              f"Generated {summary['generated_at']} from `{STORE_NAME}`.", "",
-             "## Reading", "", _reading(task, rows), "",
+             "## Reading", "", _reading(task, rows) + _head_to_head_sentence(summary), "",
              "## Compute multipliers", "",
              "| structure | θ | ω | ψ | ν | params | exponent b | multiplier [95% CI] | runs |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -595,6 +639,17 @@ def _markdown(task: str, rows: list[StructureSummary], summary: dict[str, Any]) 
               + ". Exponent b: L = a C^-b fitted on the frontier.", ""]
     if notes:
         lines += ["Notes:", "", *notes, ""]
+    if summary.get("head_to_head"):
+        lines += ["## Head to head", "",
+                  "| structure | against | multiplier [95% CI] | at the lowest loss both reach |",
+                  "|---|---|---|---|"]
+        for h in summary["head_to_head"]:
+            lo, hi = h["compute_multiplier_ci"]
+            ci = f" [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else ""
+            lines.append(f"| {h['name']} | {h['reference']} | {_fmt(h['compute_multiplier'])}{ci} | "
+                         f"{_fmt(h['multiplier_at_matched_loss'])} |")
+        lines += ["", "Same estimator as against dense, with the second structure's law as the "
+                  "reference (> 1: the first needs less compute for the same loss).", ""]
     lines += ["## Figures", "",
               "### Loss vs compute", "", "![loss vs compute](loss_vs_compute.png)", "",
               "### Compute multipliers", "", "![compute multipliers](multipliers.png)", "",
@@ -627,6 +682,8 @@ def write_report(out_dir: str | os.PathLike[str], *, task: str | None = None,
         task, rows = analyze_store(store, task, n_bootstrap=n_bootstrap, seed=seed,
                                    tolerance=tolerance, loss=loss, skip_fraction=skip_fraction)
     summary = _summary_json(task, rows, tolerance, n_bootstrap, loss, skip_fraction)
+    summary["head_to_head"] = head_to_head(rows, n_bootstrap=n_bootstrap, seed=seed,
+                                           tolerance=tolerance)
     _plot_loss_vs_compute(rows, task, out / "loss_vs_compute.png")
     for key in ("omega", "psi", "nu"):
         _plot_taxonomy(rows, task, key, out / f"taxonomy_{key}.png")
