@@ -73,8 +73,6 @@ _PRICE_PER_TOKEN = 2.3
 _PRICE_2D = 6.0
 _PRICE_STRIDED = 15.0
 _PRICE_COMPILED = 1.4         # torch.compile'd permute kernels, any pattern
-_PRICE_GEMM_PER_DIM = 0.05    # permute as a GEMM with an identity: per unit of min(P, Q)
-_PRICE_GEMM_MIN = 1.2
 # Extra time of a batched GEMM over its best operand layouts, in copies of its operands
 # (average of input and output sizes), by the memory order of the runs of the batch axes B,
 # rows M and the contracted (K) or produced (N) axes of each activation operand. Measured
@@ -155,36 +153,19 @@ def _direct_price(src_g: list[str], dst_g: list[str], gsize: dict[str, int], com
     return _PRICE_2D if len(src_g) == 2 else _PRICE_STRIDED
 
 
-def _gemm_transpose_price(src_g: list[str], dst_g: list[str], gsize: dict[str, int]) -> float:
-    """Price of a permute done as a batched GEMM with an identity matrix, or inf if impossible.
-
-    When the output is a batch of matrices ``[B, P, Q]`` and the input holds each of them with
-    a unit stride in P or Q, ``out[b] = I_P @ in[b]`` (or ``in[b] @ I_Q``) is a batched
-    transpose that MKL runs at GEMM speed: 2 * min(P, Q) FLOPs per element, which for small
-    blocks (32) beats torch's scalar permute kernel by a third. Exact for finite values (every
-    output is one product by 1.0 plus products by 0.0); an inf or NaN in a row spreads NaN
-    over that row of the copy (inf * 0), where the layer's output is inf/NaN anyway.
-    """
-    if len(dst_g) < 2 or src_g[-1] not in dst_g[-2:]:
-        return math.inf
-    batch = dst_g[:-2]
-    if batch:
-        idx = [src_g.index(g) for g in batch]
-        if idx != list(range(idx[0], idx[0] + len(idx))):
-            return math.inf
-    return max(_PRICE_GEMM_MIN, _PRICE_GEMM_PER_DIM * min(gsize[dst_g[-2]], gsize[dst_g[-1]]))
-
-
 @functools.lru_cache(maxsize=65536)
 def _step_choice(src: str, dst: str, sizes: tuple[tuple[str, int], ...], compiled: bool) -> tuple[float, str]:
-    """(price per element, method) of one permute step: "copy" (torch's kernel) or "gemm"."""
+    """(price per element, method) of one permute step (always "copy": torch's kernel).
+
+    A permute could also run as a batched GEMM with an identity matrix (MKL transposes small
+    blocks fast that way), but those would be counted as FLOPs by ``torch.utils.flop_counter``
+    (the training ledger must count the layer's real FLOPs) and turn an inf into NaNs along a
+    whole row (inf * 0), so einsearch does not.
+    """
     sg, dg = _groups_of(src, dst)
     size = dict(sizes)
     gsize = {g: _prod(size.get(ax, 1) for ax in g) for g in sg}
-    options = [(_direct_price(sg, dg, gsize, compiled), "copy")]
-    if src != dst:
-        options.append((_gemm_transpose_price(sg, dg, gsize), "gemm"))
-    return min(options)
+    return _direct_price(sg, dg, gsize, compiled), "copy"
 
 
 def _price(src: str, dst: str, sizes: tuple[tuple[str, int], ...], compiled: bool) -> float:
@@ -527,9 +508,6 @@ def _relayout(t: Tensor, src: str, dst: str, shape: dict[str, int], compiled: bo
         sg, dg = _groups_of(s, d)
         v = t.view([_prod(shape[ax] for ax in g) for g in sg])
         perm = [sg.index(g) for g in dg]
-        if _step_choice(s, d, key, compiled)[1] == "gemm":
-            t = _gemm_transpose(v.permute(perm), len(dg) - 2)
-            continue
         if compiled:
             try:
                 t = _compiled_permute()(v, perm)
@@ -544,34 +522,6 @@ def _relayout(t: Tensor, src: str, dst: str, shape: dict[str, int], compiled: bo
         else:
             t = v.permute(perm).contiguous()
     return t.view([shape[ax] for ax in dst])
-
-
-_EYES: dict[tuple, Tensor] = {}
-
-
-def _eye(k: int, like: Tensor) -> Tensor:
-    key = (k, like.dtype, like.device)
-    eye = _EYES.get(key)
-    if eye is None:
-        eye = _EYES[key] = torch.eye(k, dtype=like.dtype, device=like.device)
-    return eye
-
-
-def _gemm_transpose(v: Tensor, batch_dims: int) -> Tensor:
-    """Contiguous copy of the view ``v`` = [*B, P, Q] (unit stride in P or Q) via identity GEMMs."""
-    lead = list(v.shape[:batch_dims])
-    v3 = v.flatten(0, batch_dims - 1) if batch_dims else v.unsqueeze(0)
-    nb, p, q = v3.shape
-    out = v.new_empty(nb, p, q)
-    if p <= q:
-        left, right = _eye(p, v).expand(nb, p, p), v3
-    else:
-        left, right = v3, _eye(q, v).expand(nb, q, q)
-    if nb == 1:
-        torch.mm(left[0], right[0], out=out[0])
-    elif nb:
-        torch.bmm(left, right, out=out)
-    return out.view(*lead, p, q)
 
 
 # ============================================================================ GEMMs
