@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from einsearch.train import TrainConfig
+from einsearch.train import Point, TrainConfig
 
 
 def _run_id(self) -> str:
@@ -41,15 +41,6 @@ class FakeConfig:
 
     def run_id(self) -> str:
         return _run_id(self)
-
-
-@dataclass
-class FakePoint:
-    step: int
-    tokens: int
-    compute: float
-    train_loss: float
-    eval_loss: float | None
 
 
 @dataclass
@@ -95,7 +86,7 @@ def make_result(structure: str = "dense", width: int = 64, seed: int = 0, steps:
         loss *= float(np.exp(rng.normal(0.0, noise))) if noise else 1.0
         if diverge_at is not None and step >= diverge_at:
             loss = float("nan")
-        points.append(FakePoint(step, tokens, c, loss, loss if step % 5 == 0 else None))
+        points.append(Point(step, tokens, c, loss, loss if step % 5 == 0 else None))
     status = "diverged" if diverge_at is not None else "finished"
     final = None if diverge_at is not None else points[-1].train_loss
     return FakeResult(cfg, status, params, fpt, points, 0.01, final)
