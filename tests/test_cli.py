@@ -55,3 +55,28 @@ def test_search_and_report_errors_are_clean(argv, message, capsys, tmp_path):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_report_options_reach_the_report(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from einsearch.store import ResultStore
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_runs import make_result
+
+    with ResultStore(tmp_path / "results.sqlite") as st:
+        for name in ("dense", "btt"):
+            for w in (32, 64, 128):
+                st.record(make_result(name, w, steps=40))
+    assert main(["report", str(tmp_path), "--loss", "eval", "--bootstrap", "0"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "eval" in summary["estimator"]["loss"]
+    btt = next(r for r in summary["structures"] if r["name"] == "btt")
+    assert btt["compute_multiplier"] > 1 and btt["compute_multiplier_ci"] == [None, None]
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path), "--bootstrap", "-1"])
+    assert "non-negative integer" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--task", "charlm"]) == 2
+    assert "no runs of task 'charlm'" in capsys.readouterr().err

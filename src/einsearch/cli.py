@@ -20,6 +20,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
 def info_table(structure: str, d_in: int, d_out: int) -> str:
     """The text ``einsearch info`` prints for one structure."""
     theta = resolve_structure(structure)
@@ -74,7 +84,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    summary = write_report(args.dir)
+    summary = write_report(args.dir, task=args.task, loss=args.loss, n_bootstrap=args.bootstrap)
     print(f"wrote {args.dir}/report.md, summary.json and plots for task {summary['task']!r} "
           f"({len(summary['structures'])} structures)")
     return 0
@@ -107,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="regenerate the report of a search from its results store")
     report.add_argument("dir", help="the --out directory of a search")
+    report.add_argument("--task", default=None, help="which task, when the store holds several")
+    report.add_argument("--loss", choices=("train", "eval"), default="train",
+                        help="frontiers from the window-mean training loss (default) or the eval loss")
+    report.add_argument("--bootstrap", type=_non_negative_int, default=200, metavar="N",
+                        help="bootstrap replicates for the multiplier intervals (0: no intervals)")
     report.set_defaults(func=_cmd_report)
     return parser
 
