@@ -8,6 +8,7 @@ Public API::
     taxonomy                           # omega / psi / nu
     param_groups                       # muP learning rates as plain torch param groups
     structurize                        # replace the linear layers of an existing model
+    fit_to_dense, from_linear          # fit a structured layer to a trained dense weight
     TrainConfig, train                 # one training run: a pure function of its config
     get_task, load_corpus              # tasks (regression, charlm) and the text-corpus loader
     BTTMoELinear, MoEFFN, moeify       # mixtures of experts in every linear layer / every FFN
@@ -17,6 +18,7 @@ Public API::
 
 from .convert import StructurizeSummary, structurize
 from .layers import EinsumLinear, LayerCost
+from .fit import fit_to_dense, from_linear
 from .mup import lr_multipliers, param_groups
 from .plan import EinsumPlan, make_plan
 from .taxonomy import Taxonomy, closed_form_flops, closed_form_params, taxonomy
@@ -37,6 +39,7 @@ __all__ = [
     "EinsumPlan", "make_plan", "EinsumLinear", "LayerCost",
     "Taxonomy", "taxonomy", "closed_form_params", "closed_form_flops",
     "param_groups", "lr_multipliers", "structurize", "StructurizeSummary",
+    "fit_to_dense", "from_linear",
     "TrainConfig", "Point", "RunResult", "train",
     "ResultStore", "SweepSpec", "load_spec", "run_sweep", "write_report",
     "PowerLaw", "pareto_frontier", "fit_power_law", "compute_multiplier", "bootstrap_multiplier",

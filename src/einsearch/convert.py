@@ -6,6 +6,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import torch
 from torch import nn
 
 from .layers import EinsumLinear
@@ -33,6 +34,7 @@ class ReplacedLayer:
     params_after: int
     flops_before: int
     flops_after: int
+    fit_error: float | None = None  # relative Frobenius error of the fitted weight (fit=True)
 
 
 @dataclass
@@ -62,8 +64,10 @@ class StructurizeSummary:
                  f"{len(self.skipped)} kept dense"]
         lines.append(f"{'layer':<40} {'shape':>12} {'params':>21} {'FLOPs/token':>23}")
         for r in self.layers:
+            fit = f"  fit error {r.fit_error:.3g}" if r.fit_error is not None else ""
             lines.append(f"{r.name:<40} {f'{r.d_in}x{r.d_out}':>12} "
-                         f"{r.params_before:>10,}->{r.params_after:<10,} {r.flops_before:>11,}->{r.flops_after:<11,}")
+                         f"{r.params_before:>10,}->{r.params_after:<10,} {r.flops_before:>11,}->{r.flops_after:<11,}"
+                         + fit)
         lines.append(f"{'total':<40} {'':>12} {self.params_before:>10,}->{self.params_after:<10,} "
                      f"{self.flops_before:>11,}->{self.flops_after:<11,}")
         return "\n".join(lines)
@@ -108,6 +112,8 @@ def structurize(
     model: nn.Module,
     structure: Theta | str | Callable[[str, nn.Module], "Theta | str"],
     select: Select = None,
+    *,
+    fit: bool = False,
     **layer_kwargs,
 ) -> StructurizeSummary:
     """Replace chosen linear layers of ``model`` in place with structured layers.
@@ -118,6 +124,9 @@ def structurize(
             ``(name, module) -> structure`` choosing per layer.
         select: which layers: a predicate ``(name, module) -> bool``, a glob pattern or a list
             of patterns over module names. Default: all but the readout (the last linear layer).
+        fit: keep a trained model's function: fit each new layer's cores to the old weight
+            (``einsearch.fit.fit_to_dense``) and copy its bias, instead of a fresh init.
+            The summary reports each layer's relative Frobenius error.
         **layer_kwargs: passed to ``EinsumLinear`` (e.g. ``einsum_norm=True``).
     Returns:
         A summary of what was replaced, with params and FLOPs per token before and after.
@@ -135,7 +144,12 @@ def structurize(
     pick = _as_predicate(select, model)
     per_layer = structure if callable(structure) and not isinstance(structure, Theta) else None
     moe = isinstance(structure, str) and structure.strip().lower().replace("-", "_") == MOE_STRUCTURE
+    if not isinstance(fit, bool):
+        raise TypeError(f"fit must be True or False, got {fit!r}")
     if moe:
+        if fit:
+            raise ValueError(f"structurize(model, {structure!r}, fit=True): fitting is for EinsumLinear "
+                             "structures; a BTT-MoE layer's output depends on its router, not one weight")
         if "num_experts" not in layer_kwargs:
             raise ValueError(f"structurize(model, {structure!r}) needs num_experts=... (and optionally top_k=...)")
         e, k = check_moe_args(layer_kwargs["num_experts"], layer_kwargs.get("top_k", 2), "structurize")
@@ -149,21 +163,34 @@ def structurize(
             summary.skipped.append(name)
             continue
         d_in, d_out, has_bias, is_zero = _dims(module)
-        kwargs = {"bias": has_bias, "zero_init": is_zero, **layer_kwargs}
+        kwargs = {"bias": has_bias, "zero_init": is_zero and not fit, **layer_kwargs}
         factory = {"device": module.weight.device, "dtype": module.weight.dtype}
         if moe:
             new = BTTMoELinear(d_in, d_out, **kwargs, **factory)
         else:
             theta = resolve_structure(per_layer(name, module) if per_layer else structure)
             new = EinsumLinear(d_in, d_out, theta, **factory, **kwargs)
+        fit_error = _fit(new, module) if fit else None
         _set_submodule(model, name, new)
         cost = new.cost()
         summary.layers.append(ReplacedLayer(
             name=name, kind=type(module).__name__, d_in=d_in, d_out=d_out,
             params_before=d_in * d_out, params_after=cost.core_params,
-            flops_before=2 * d_in * d_out, flops_after=cost.flops,
+            flops_before=2 * d_in * d_out, flops_after=cost.flops, fit_error=fit_error,
         ))
     return summary
+
+
+def _fit(new: EinsumLinear, old: nn.Module) -> float:
+    """Fit ``new`` to the weight and bias of ``old`` (nn.Linear, or Conv1D with weight (in, out))."""
+    from .fit import fit_to_dense
+
+    weight = old.weight if isinstance(old, nn.Linear) else old.weight.t()
+    error = fit_to_dense(new, weight)
+    if old.bias is not None:
+        with torch.no_grad():
+            new.bias.copy_(old.bias)
+    return error
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

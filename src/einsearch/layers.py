@@ -152,6 +152,17 @@ class EinsumLinear(nn.Module):
             self.gain_a.fill_(1.0)
             self.gain_b.fill_(1.0)
 
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, theta: Theta | str, **fit_kwargs) -> "EinsumLinear":
+        """A layer fitted to a (trained) ``nn.Linear``: see ``einsearch.fit.from_linear``.
+
+        The relative Frobenius error of the fit is logged; ``einsearch.fit.from_linear``
+        returns it too.
+        """
+        from .fit import from_linear  # fit builds on this module
+
+        return from_linear(linear, theta, **fit_kwargs)[0]
+
     # ----------------------------------------------------------------- forward
     def effective_cores(self) -> tuple[Tensor, Tensor]:
         """Cores as used in the forward pass (after the optional einsum norm)."""
