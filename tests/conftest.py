@@ -26,6 +26,15 @@ def named_theta(request) -> Theta:
     return NAMED_STRUCTURES[request.param]
 
 
+@pytest.fixture
+def float64():
+    """Default dtype float64 for the test (restored afterwards)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

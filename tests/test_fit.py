@@ -10,12 +10,7 @@ from torch import nn
 from einsearch import EinsumLinear, fit_to_dense, from_linear, structurize
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # every test here runs in float64
 
 
 def test_fit_recovers_a_weight_the_structure_can_express(named_theta):

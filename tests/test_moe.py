@@ -15,12 +15,7 @@ from einsearch.moe import BTTMoELinear, MoEFFN, aux_loss, moeify, router_aux_los
 from einsearch.models.gpt import GPT
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # every test here runs in float64
 
 
 def _random_router(layer: nn.Module, std: float = 1.0) -> None:
