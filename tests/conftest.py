@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from einsearch import Theta
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: more torch threads than cores makes OpenMP
+    # regions (LAPACK's SVD above all) spin against each other, 100x slower
+    torch.set_num_threads(1)
 
 # Named points of the space plus two thetas that are none of the classic families.
 NAMED_STRUCTURES: dict[str, Theta] = {
