@@ -154,8 +154,8 @@ def _direct_price(src_g: list[str], dst_g: list[str], gsize: dict[str, int], com
 
 
 @functools.lru_cache(maxsize=65536)
-def _step_choice(src: str, dst: str, sizes: tuple[tuple[str, int], ...], compiled: bool) -> tuple[float, str]:
-    """(price per element, method) of one permute step (always "copy": torch's kernel).
+def _price(src: str, dst: str, sizes: tuple[tuple[str, int], ...], compiled: bool) -> float:
+    """Price per element of one permute-copy step from ``src`` to ``dst`` order (torch's kernel).
 
     A permute could also run as a batched GEMM with an identity matrix (MKL transposes small
     blocks fast that way), but those would be counted as FLOPs by ``torch.utils.flop_counter``
@@ -165,11 +165,7 @@ def _step_choice(src: str, dst: str, sizes: tuple[tuple[str, int], ...], compile
     sg, dg = _groups_of(src, dst)
     size = dict(sizes)
     gsize = {g: _prod(size.get(ax, 1) for ax in g) for g in sg}
-    return _direct_price(sg, dg, gsize, compiled), "copy"
-
-
-def _price(src: str, dst: str, sizes: tuple[tuple[str, int], ...], compiled: bool) -> float:
-    return _step_choice(src, dst, sizes, compiled)[0]
+    return _direct_price(sg, dg, gsize, compiled)
 
 
 @functools.lru_cache(maxsize=65536)
