@@ -71,15 +71,18 @@ def test_structurize_fit_keeps_the_function_better_than_a_fresh_init():
     (dict(weight_shape=(3, 4)), ValueError, r"shape \(d_out, d_in\) = \(8, 16\)"),
     (dict(steps=-1), ValueError, "steps must be a non-negative integer"),
     (dict(lr=0.0), ValueError, "lr must be a positive number"),
+    (dict(bias=torch.zeros(3)), ValueError, r"bias must be a tensor of shape \(d_out,\) = \(8,\)"),
 ])
 def test_fit_errors(kwargs, error, match):
-    layer = EinsumLinear(16, 8, "monarch", bias=False)
+    layer = EinsumLinear(16, 8, "monarch", bias="bias" in kwargs)
     w = torch.randn(*kwargs.pop("weight_shape", (8, 16)))
     with pytest.raises(error, match=match):
         fit_to_dense(layer, w, **kwargs)
 
 
 def test_fit_error_paths_for_modules():
+    with pytest.raises(ValueError, match="bias given but the layer was built with bias=False"):
+        fit_to_dense(EinsumLinear(4, 4, "monarch", bias=False), torch.zeros(4, 4), torch.zeros(4))
     with pytest.raises(TypeError, match="layer must be an EinsumLinear"):
         fit_to_dense(nn.Linear(4, 4), torch.zeros(4, 4))
     with pytest.raises(TypeError, match="linear must be an nn.Linear"):

@@ -6,7 +6,6 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-import torch
 from torch import nn
 
 from .layers import EinsumLinear
@@ -186,11 +185,7 @@ def _fit(new: EinsumLinear, old: nn.Module) -> float:
     from .fit import fit_to_dense
 
     weight = old.weight if isinstance(old, nn.Linear) else old.weight.t()
-    error = fit_to_dense(new, weight)
-    if old.bias is not None:
-        with torch.no_grad():
-            new.bias.copy_(old.bias)
-    return error
+    return fit_to_dense(new, weight, old.bias)
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

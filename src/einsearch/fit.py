@@ -29,13 +29,14 @@ __all__ = ["fit_to_dense", "from_linear"]
 log = logging.getLogger(__name__)
 
 
-def fit_to_dense(layer: EinsumLinear, weight: Tensor, *, steps: int = 1000, lr: float = 0.05,
-                 tol: float = 1e-6) -> float:
+def fit_to_dense(layer: EinsumLinear, weight: Tensor, bias: Tensor | None = None, *, steps: int = 1000,
+                 lr: float = 0.05, tol: float = 1e-6) -> float:
     """Fit ``layer``'s cores in place so that ``layer.to_dense() ~ weight``.
 
     Args:
-        layer: the structured layer (its bias is left alone).
+        layer: the structured layer.
         weight: (d_out, d_in) target matrix, as ``nn.Linear.weight``.
+        bias: (d_out,) copied into ``layer.bias`` (None: the layer's bias is left alone).
         steps: Adam steps at most (cosine-decayed learning rate over ``steps``).
         lr: peak Adam learning rate, relative to each core's init scale.
         tol: stop once the relative error improves by less than ``tol`` over 50 steps.
@@ -48,10 +49,19 @@ def fit_to_dense(layer: EinsumLinear, weight: Tensor, *, steps: int = 1000, lr: 
         got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(f"weight must be a tensor of shape (d_out, d_in) = ({layer.d_out}, {layer.d_in}), "
                          f"got {got}")
+    if bias is not None:
+        if layer.bias is None:
+            raise ValueError("bias given but the layer was built with bias=False")
+        if not isinstance(bias, Tensor) or tuple(bias.shape) != (layer.d_out,):
+            got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
+            raise ValueError(f"bias must be a tensor of shape (d_out,) = ({layer.d_out},), got {got}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if bias is not None:
+        with torch.no_grad():
+            layer.bias.copy_(bias)
     target = weight.detach().to(device=layer.core_a.device, dtype=layer.core_a.dtype)
     scale = target.pow(2).sum()
     if scale == 0:
@@ -111,8 +121,4 @@ def from_linear(linear: nn.Linear, theta: Theta | str, **fit_kwargs) -> tuple[Ei
     w = linear.weight
     layer = EinsumLinear(linear.in_features, linear.out_features, theta, bias=linear.bias is not None,
                          device=w.device, dtype=w.dtype)
-    err = fit_to_dense(layer, w, **fit_kwargs)
-    if linear.bias is not None:
-        with torch.no_grad():
-            layer.bias.copy_(linear.bias)
-    return layer, err
+    return layer, fit_to_dense(layer, w, linear.bias, **fit_kwargs)
