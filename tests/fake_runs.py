@@ -12,8 +12,6 @@ width-limited floor, which the frontier removes).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -21,11 +19,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from einsearch.train import Point, TrainConfig
-
-
-def _run_id(self) -> str:
-    text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -39,8 +32,9 @@ class FakeConfig:
     warmup_steps: int = 0
     log_every: int = 1
 
-    def run_id(self) -> str:
-        return _run_id(self)
+    # the real config's id scheme, so fake and real runs are keyed alike
+    to_dict = TrainConfig.to_dict
+    run_id = TrainConfig.run_id
 
 
 @dataclass
@@ -60,7 +54,7 @@ FakeTrainConfig = dataclasses.make_dataclass(
     "FakeTrainConfig",
     [(f.name, f.type, dataclasses.field(default=f.default)) for f in dataclasses.fields(TrainConfig)],
     frozen=True,
-    namespace={"run_id": _run_id},
+    namespace={"to_dict": TrainConfig.to_dict, "run_id": TrainConfig.run_id},
 )
 FakeTrainConfig.__module__ = __name__  # picklable for the sweep's worker processes
 
