@@ -536,7 +536,7 @@ def _reading(task: str, rows: list[StructureSummary]) -> str:
 
     def verdict(s: StructureSummary) -> str:
         lo, hi = s.ci
-        ci = f" (95% CI {_fmt(lo)}–{_fmt(hi)})" if math.isfinite(lo) and math.isfinite(hi) else ""
+        ci = _ci_prose(lo, hi)
         if math.isfinite(lo) and lo > 1:
             word = "beat dense"
         elif math.isfinite(hi) and hi < 1:
@@ -585,11 +585,24 @@ def _reading(task: str, rows: list[StructureSummary]) -> str:
     return "".join(parts).strip()
 
 
+def _has_interval(lo: float | None, hi: float | None) -> bool:
+    """Both ends known: not None (summary.json's null) and finite."""
+    return all(v is not None and math.isfinite(v) for v in (lo, hi))
+
+
+def _ci_prose(lo: float | None, hi: float | None) -> str:
+    return f" (95% CI {_fmt(lo)}–{_fmt(hi)})" if _has_interval(lo, hi) else ""
+
+
+def _ci_cell(lo: float | None, hi: float | None) -> str:
+    return f" [{_fmt(lo)}, {_fmt(hi)}]" if _has_interval(lo, hi) else ""
+
+
 def _head_to_head_sentence(summary: dict[str, Any]) -> str:
     parts = []
     for h in summary.get("head_to_head", []):
         lo, hi = h["compute_multiplier_ci"]
-        ci = f" (95% CI {_fmt(lo)}–{_fmt(hi)})" if lo is not None and hi is not None else ""
+        ci = _ci_prose(lo, hi)
         parts.append(f" Head to head, {h['name']} needed {_fmt(1 / h['compute_multiplier'], 2)}× "
                      f"the compute of {h['reference']} for the same loss: a multiplier of "
                      f"{_fmt(h['compute_multiplier'])}×{ci}.")
@@ -623,7 +636,7 @@ def _markdown(task: str, rows: list[StructureSummary], summary: dict[str, Any]) 
             mult = "1 (reference)"
         elif math.isfinite(s.multiplier):
             lo, hi = s.ci
-            ci = f" [{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else ""
+            ci = _ci_cell(lo, hi)
             mult = f"{_fmt(s.multiplier)}{ci}"
         else:
             mult = "n/a"
@@ -645,7 +658,7 @@ def _markdown(task: str, rows: list[StructureSummary], summary: dict[str, Any]) 
                   "|---|---|---|---|"]
         for h in summary["head_to_head"]:
             lo, hi = h["compute_multiplier_ci"]
-            ci = f" [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else ""
+            ci = _ci_cell(lo, hi)
             lines.append(f"| {h['name']} | {h['reference']} | {_fmt(h['compute_multiplier'])}{ci} | "
                          f"{_fmt(h['multiplier_at_matched_loss'])} |")
         lines += ["", "Same estimator as against dense, with the second structure's law as the "
