@@ -81,29 +81,23 @@ def test_unknown_preset_lists_known_ones():
         load_spec("missing/spec.yaml")
 
 
-def test_unknown_keys_are_named(tmp_path, fake_config):
+@pytest.mark.parametrize("text, match", [
+    ("task: regression\nstructures: [dense]\nwidth: [32]\n", "unknown key 'width'"),
+    ("structures: [dense]\nsteps: 5\n", "unknown key 'steps'.*under 'train:'"),
+    ("structures: [dense]\ntrain: {stepz: 5}\n", "stepz"),
+    ("structures: [dense]\ntrain: {width: 5}\n", "'widths' at the top level"),
+    ("structures: [dense, not_a_structure]\n", "not_a_structure"),
+    ("structures: [dense]\nwidths: [0]\n", "widths"),
+    ("- just\n- a list\n", "mapping"),
+])
+def test_bad_spec_files_are_named(tmp_path, fake_config, text, match):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("task: regression\nstructures: [dense]\nwidth: [32]\n")
-    with pytest.raises(ValueError, match="unknown key 'width'"):
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=match):
         load_spec(bad)
-    bad.write_text("structures: [dense]\nsteps: 5\n")
-    with pytest.raises(ValueError, match="unknown key 'steps'.*under 'train:'"):
-        load_spec(bad)
-    bad.write_text("structures: [dense]\ntrain: {stepz: 5}\n")
-    with pytest.raises(ValueError, match="stepz"):
-        load_spec(bad)
-    bad.write_text("structures: [dense]\ntrain: {width: 5}\n")
-    with pytest.raises(ValueError, match="'widths' at the top level"):
-        load_spec(bad)
-    bad.write_text("structures: [dense, not_a_structure]\n")
-    with pytest.raises(ValueError, match="not_a_structure"):
-        load_spec(bad)
-    bad.write_text("structures: [dense]\nwidths: [0]\n")
-    with pytest.raises(ValueError, match="widths"):
-        load_spec(bad)
-    bad.write_text("- just\n- a list\n")
-    with pytest.raises(ValueError, match="mapping"):
-        load_spec(bad)
+
+
+def test_unknown_override_is_named(fake_config):
     with pytest.raises(ValueError, match="unknown override 'colour'"):
         load_spec("tiny", colour="red")
 
