@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from einsearch import EinsumLinear, Theta, param_groups, structurize
 from einsearch.moe import BTTMoELinear, MoEFFN, aux_loss, moeify, router_aux_loss
-from einsearch.models.gpt import GPT
+from einsearch.search.models.gpt import GPT
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # every test here runs in float64
@@ -248,7 +248,7 @@ def test_value_errors_elsewhere():
         MoEFFN(0)
     with pytest.raises(ValueError, match="num_experts"):
         structurize(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)), "btt_moe")
-    with pytest.raises(ValueError, match="no GPT MLP"):
+    with pytest.raises(ValueError, match="no feed-forward blocks"):
         moeify(nn.Sequential(nn.Linear(8, 8)), 4, 2)
 
 
@@ -328,7 +328,7 @@ def test_deepcopy_and_pickle_after_forward():
 
 # --------------------------------------------------------------------------- train
 def _tiny(structure: str, **kw):
-    from einsearch.train import TrainConfig
+    from einsearch.search.train import TrainConfig
 
     return TrainConfig(task="charlm", structure=structure, width=64, depth=1, steps=3, batch_size=2,
                        block_size=32, warmup_steps=1, log_every=3, eval_batches=1, **kw)
@@ -336,7 +336,7 @@ def _tiny(structure: str, **kw):
 
 @pytest.mark.parametrize("structure", ["btt_moe", "moe"])
 def test_train_runs_moe_structures(structure):
-    from einsearch.train import train
+    from einsearch.search.train import train
 
     result = train(_tiny(structure, num_experts=4, top_k=2))
     assert result.status == "finished" and len(result.points) == 2
@@ -344,7 +344,7 @@ def test_train_runs_moe_structures(structure):
 
 
 def test_train_flop_ledger_counts_active_experts_only():
-    from einsearch.train import build_model, count_forward_flops
+    from einsearch.search.train import build_model, count_forward_flops
 
     per_token = {}
     for k in (1, 2):

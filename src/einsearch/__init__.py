@@ -1,4 +1,4 @@
-"""einsearch: a continuous einsum space of structured linear layers.
+"""einsearch: a continuous einsum space of structured linear layers (the layer library).
 
 Public API::
 
@@ -9,30 +9,30 @@ Public API::
     param_groups                       # muP learning rates as plain torch param groups
     structurize                        # replace the linear layers of an existing model
     fit_to_dense, from_linear          # fit a structured layer to a trained dense weight
-    TrainConfig, train                 # one training run: a pure function of its config
-    get_task, load_corpus              # tasks (regression, charlm) and the text-corpus loader
     BTTMoELinear, MoEFFN, moeify       # mixtures of experts in every linear layer / every FFN
-    load_spec, run_sweep, ResultStore  # sweeps over structures x widths into a SQLite store
-    pareto_frontier, fit_power_law     # scaling-law analysis; write_report for the report
+
+The search pipeline (tasks, training, the results store, sweeps, analysis, the report and
+the CLI) lives in :mod:`einsearch.search`; ``import einsearch`` does not load it. Its names
+used to be re-exported here; they still resolve, lazily, with a ``DeprecationWarning``.
 """
 
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+from . import _moved
 from .convert import StructurizeSummary, structurize
-from .layers import EinsumLinear, LayerCost
 from .fit import fit_to_dense, from_linear
+from .layers import EinsumLinear, LayerCost
+from .moe import BTTMoELinear, MoEFFN, aux_loss, moeify
 from .mup import lr_multipliers, param_groups
 from .plan import EinsumPlan, make_plan
 from .taxonomy import Taxonomy, closed_form_flops, closed_form_params, taxonomy
 from .theta import NAMED_STRUCTURES, Theta, resolve_structure, structure_names
-from .models import GPT, ResidualMLP
-from .moe import BTTMoELinear, MoEFFN, aux_loss, moeify
-from .tasks import Corpus, Task, get_task, load_corpus, register_task, task_names
-from .train import Point, RunResult, TrainConfig, train
-from .store import ResultStore
-from .sweep import SweepSpec, load_spec, run_sweep
-from .scaling import PowerLaw, bootstrap_multiplier, compute_multiplier, fit_power_law, pareto_frontier
-from .report import write_report
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Theta", "resolve_structure", "structure_names", "NAMED_STRUCTURES",
@@ -40,9 +40,25 @@ __all__ = [
     "Taxonomy", "taxonomy", "closed_form_params", "closed_form_flops",
     "param_groups", "lr_multipliers", "structurize", "StructurizeSummary",
     "fit_to_dense", "from_linear",
+    "BTTMoELinear", "MoEFFN", "moeify", "aux_loss",
+]
+
+#: names that moved to :mod:`einsearch.search` (old spelling ``einsearch.NAME`` still works)
+_MOVED_NAMES = (
     "TrainConfig", "Point", "RunResult", "train",
     "ResultStore", "SweepSpec", "load_spec", "run_sweep", "write_report",
     "PowerLaw", "pareto_frontier", "fit_power_law", "compute_multiplier", "bootstrap_multiplier",
-    "BTTMoELinear", "MoEFFN", "moeify", "aux_loss",
     "Task", "get_task", "register_task", "task_names", "load_corpus", "Corpus", "GPT", "ResidualMLP",
-]
+)
+_moved.install()  # ``import einsearch.train`` etc. alias the moved modules, with a warning
+
+
+def __getattr__(name: str) -> Any:
+    """Deprecated aliases for the pipeline names that moved to ``einsearch.search`` (PEP 562)."""
+    if name in _MOVED_NAMES:
+        warnings.warn(f"einsearch.{name} moved to einsearch.search.{name}; import it from there",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(".search", __name__), name)
+    if name in _moved.MOVED_MODULES:
+        return importlib.import_module(f".{name}", __name__)  # aliased (and warned) by _moved
+    raise AttributeError(f"module 'einsearch' has no attribute {name!r}")

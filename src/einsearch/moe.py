@@ -38,7 +38,7 @@ the n * top_k assignments that went to expert e (1 when perfectly balanced).
 
 The standard baseline, ``MoEFFN``, has E dense GELU FFN experts (w -> hidden_mult*w -> w, no
 bias) behind the same router, gates and aux loss; ``moeify`` puts one in every transformer
-block of ``einsearch.models.gpt.GPT`` in place of its MLP.
+feed-forward block that declares itself with ``is_ffn = True`` (as the pipeline's GPT MLP does).
 """
 
 from __future__ import annotations
@@ -525,7 +525,8 @@ def aux_loss(model: nn.Module) -> Tensor:
 
 
 def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2):
-    """Replace the MLP of every transformer block of an ``einsearch.models.gpt.GPT`` with ``MoEFFN``.
+    """Replace every feed-forward block of ``model`` (a module with ``is_ffn = True`` and dense
+    ``fc`` / ``proj`` layers, like the GPT MLP of ``einsearch.search.models``) with ``MoEFFN``.
 
     The MLPs must still be dense (``nn.Linear`` fc and proj). Each ``MoEFFN`` keeps the MLP's
     width, hidden multiple, device and dtype, and zero-inits its output projections when the
@@ -533,15 +534,14 @@ def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2):
     FLOPs per token are the active ones).
     """
     from .convert import ReplacedLayer, StructurizeSummary, _set_submodule
-    from .models.gpt import MLP
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     num_experts, top_k = check_moe_args(num_experts, top_k, "moeify")
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, MLP)]
+    targets = [(name, m) for name, m in model.named_modules() if getattr(m, "is_ffn", False) is True]
     if not targets:
-        raise ValueError(f"moeify: {type(model).__name__} has no GPT MLP blocks "
-                         "(einsearch.models.gpt.MLP) to replace")
+        raise ValueError(f"moeify: {type(model).__name__} has no feed-forward blocks "
+                         "(modules with is_ffn = True and dense fc/proj layers) to replace")
     summary = StructurizeSummary(structure=f"moe(num_experts={num_experts}, top_k={top_k})")
     for name, mlp in targets:
         fc, proj = mlp.fc, mlp.proj

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from einsearch import EinsumLinear
-from einsearch.train import Point, RunResult, TrainConfig, build_model, lr_factor, make_optimizer, train
+from einsearch.search.train import Point, RunResult, TrainConfig, build_model, lr_factor, make_optimizer, train
 
 TINY = dict(width=32, base_width=32, steps=60, batch_size=64, warmup_steps=4, log_every=25,
             eval_batches=2, lr=1e-2, einsum_norm=False)
@@ -96,7 +96,7 @@ def test_divergence_is_reported_not_raised():
 
 
 def test_loss_above_factor_times_initial_after_warmup_diverges(monkeypatch):
-    from einsearch.tasks.regression import RegressionTask
+    from einsearch.search.tasks.regression import RegressionTask
 
     calls = []
     original = RegressionTask.loss

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from einsearch.store import SCHEMA_VERSION, ResultStore, StoreError
+from einsearch.search.store import SCHEMA_VERSION, ResultStore, StoreError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_runs import FakeConfig, make_result  # noqa: E402
@@ -143,7 +143,7 @@ _WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from fake_runs import make_result
-    from einsearch.store import ResultStore
+    from einsearch.search.store import ResultStore
     st = ResultStore({db!r})
     print("ready", flush=True)
     i = 0

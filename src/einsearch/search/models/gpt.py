@@ -62,6 +62,14 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """The GELU feed-forward block ``fc -> GELU -> proj`` (w -> 4w -> w).
+
+    ``is_ffn = True`` declares it a feed-forward block, so ``einsearch.moeify`` can swap it for
+    an FFN mixture of experts without knowing this class.
+    """
+
+    is_ffn = True
+
     def __init__(self, width: int, expansion: int = 4) -> None:
         super().__init__()
         self.fc = spectral_init_(nn.Linear(width, expansion * width, bias=False))

@@ -154,8 +154,7 @@ def structure_meta(structure: str) -> dict[str, Any]:
     MoE structures (``"moe"``, ``"btt_moe"``) are not single points of the space: their theta
     and taxonomy are recorded as unknown (NULL).
     """
-    from .taxonomy import taxonomy
-    from .theta import resolve_structure
+    from einsearch import resolve_structure, taxonomy
 
     if structure in moe_structures():
         return {"theta": None, "omega": None, "psi": None, "nu": None}

@@ -6,9 +6,7 @@ import argparse
 import sys
 from typing import Callable
 
-from .plan import make_plan
-from .taxonomy import taxonomy
-from .theta import resolve_structure, structure_names
+from einsearch import make_plan, resolve_structure, structure_names, taxonomy
 
 
 def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:

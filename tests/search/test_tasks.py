@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from einsearch.tasks import (
+from einsearch.search.tasks import (
     CharLMTask, RegressionTask, decode, encode, get_task, load_corpus, task_names, task_options,
 )
-from einsearch.tasks.charlm import REPLACEMENT, VOCAB, VOCAB_SIZE
-from einsearch.tasks.regression import BATCH_CACHE, Teacher, TeacherSpec, get_teacher
+from einsearch.search.tasks.charlm import REPLACEMENT, VOCAB, VOCAB_SIZE
+from einsearch.search.tasks.regression import BATCH_CACHE, Teacher, TeacherSpec, get_teacher
 
 
 # ------------------------------------------------------------------------------ regression

@@ -1,6 +1,6 @@
 """Synthetic runs for the store / report / sweep tests (no torch training involved).
 
-``FakeConfig`` mirrors the fields of ``einsearch.train.TrainConfig`` that the store reads, and
+``FakeConfig`` mirrors the fields of ``einsearch.search.train.TrainConfig`` that the store reads, and
 ``make_result`` builds a RunResult-like object whose loss follows a known law:
 
     L(C) = 2 * (m * C) ** -0.1 + floor(width)
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from einsearch.train import Point, TrainConfig
+from einsearch.search.train import Point, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def make_result(structure: str = "dense", width: int = 64, seed: int = 0, steps:
 
 
 def fake_train(config, progress=None):
-    """A stand-in for ``einsearch.train.train``; ``config.data`` steers it in tests:
+    """A stand-in for ``einsearch.search.train.train``; ``config.data`` steers it in tests:
     ``"boom"`` raises, ``"die"`` kills the (worker) process, ``"sleep:S"`` sleeps S seconds,
     ``"diverge"`` returns a diverged run."""
     import os

@@ -41,11 +41,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .mup import param_groups
-from .convert import structurize
-from .moe import aux_loss, moeify
+from einsearch import aux_loss, moeify, param_groups, resolve_structure, structurize
+
 from .tasks import Task, get_task, task_names, task_options
-from .theta import resolve_structure
 
 __all__ = ["TrainConfig", "Point", "RunResult", "train", "build_model", "count_forward_flops", "lr_factor", "make_optimizer", "SCHEDULES"]
 

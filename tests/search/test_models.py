@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import einsearch
-from einsearch.models import GPT, ResidualMLP, gpt_heads
+from einsearch.search.models import GPT, ResidualMLP, gpt_heads
 
 
 def _randomize_(model: nn.Module) -> nn.Module:

@@ -1,7 +1,7 @@
 """Sweep driver: train every (structure x width x seed x lr), store each run, write the report.
 
 A sweep is described by a :class:`SweepSpec`, usually loaded from a preset shipped with the
-package (``einsearch/presets/*.yaml``: ``demo``, ``tiny``, ``charlm_small``) or from the user's
+package (``einsearch/search/presets/*.yaml``: ``demo``, ``tiny``, ``charlm_small``) or from the user's
 own YAML / TOML file with :func:`load_spec`. :func:`run_sweep` then
 
 1. writes the resolved spec to ``out_dir/spec.yaml``;
@@ -48,7 +48,7 @@ from .store import ResultStore, structure_meta
 __all__ = ["SweepSpec", "SweepOutcome", "load_spec", "preset_names", "run_sweep", "search",
            "format_outcome"]
 
-log = logging.getLogger("einsearch.sweep")
+log = logging.getLogger(__name__)
 
 # fields of a run that the spec sweeps over, so they may not be set inside ``train``
 _AXES = {"task": "task", "structure": "structures", "width": "widths", "seed": "seeds",
@@ -99,7 +99,7 @@ class SweepSpec:
         if not self.structures:
             raise ValueError("structures must not be empty")
         from .store import moe_structures
-        from .theta import resolve_structure
+        from einsearch import resolve_structure
 
         moe = moe_structures()
         # ValueError names the bad one
@@ -182,10 +182,10 @@ def _positive_float(v: Any, name: str) -> float:
 
 
 def preset_names() -> list[str]:
-    """Names of the presets shipped in ``einsearch/presets``."""
+    """Names of the presets shipped in ``einsearch/search/presets``."""
     from importlib.resources import files
 
-    folder = files("einsearch").joinpath("presets")
+    folder = files("einsearch.search").joinpath("presets")
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -197,7 +197,7 @@ def _read_preset(name: str) -> tuple[dict[str, Any], str]:
     if name not in preset_names():
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())} "
                          "(or give a path to a .yaml / .toml file)")
-    text = files("einsearch").joinpath("presets", f"{name}.yaml").read_text(encoding="utf-8")
+    text = files("einsearch.search").joinpath("presets", f"{name}.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text) or {}, f"preset {name!r}"
 
 
@@ -364,7 +364,7 @@ def _run_one(config: Any, train_fn: Callable | None) -> tuple[str, Any, float]:
 def _write_spec(spec: SweepSpec, out_dir: Path) -> None:
     import yaml
 
-    from . import __version__
+    from einsearch import __version__
 
     header = (f"# einsearch {__version__} sweep spec, resolved "
               f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}.\n"

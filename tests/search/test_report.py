@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from einsearch.report import PLOT_NAMES, write_report
-from einsearch.store import ResultStore
+from einsearch.search.report import PLOT_NAMES, write_report
+from einsearch.search.store import ResultStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_runs import make_result  # noqa: E402

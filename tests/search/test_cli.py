@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from einsearch.cli import main
+from einsearch.search.cli import main
 
 
 def test_info_monarch_prints_the_right_numbers(capsys):
@@ -38,7 +38,7 @@ def test_info_bad_width_is_rejected(capsys):
 
 
 def test_console_script_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "einsearch.cli", "info", "kronecker", "--d-in", "256"],
+    proc = subprocess.run([sys.executable, "-m", "einsearch.search.cli", "info", "kronecker", "--d-in", "256"],
                           capture_output=True, text=True, check=True)
     assert "omega (parameter sharing)" in proc.stdout
 
@@ -61,7 +61,7 @@ def test_report_options_reach_the_report(tmp_path, capsys):
     import json
     from pathlib import Path
 
-    from einsearch.store import ResultStore
+    from einsearch.search.store import ResultStore
 
     sys.path.insert(0, str(Path(__file__).parent))
     from fake_runs import make_result

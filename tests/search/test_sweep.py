@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import einsearch.sweep as sweep_mod
-from einsearch.store import ResultStore
-from einsearch.sweep import SweepSpec, load_spec, preset_names, run_sweep
+import einsearch.search.sweep as sweep_mod
+from einsearch.search.store import ResultStore
+from einsearch.search.sweep import SweepSpec, load_spec, preset_names, run_sweep
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
@@ -58,8 +58,8 @@ def test_presets_ship_and_load(fake_config):
 
 
 def test_moe_structures_pass_through():
-    from einsearch.store import structure_meta
-    from einsearch.train import MOE_STRUCTURES
+    from einsearch.search.store import structure_meta
+    from einsearch.search.train import MOE_STRUCTURES
 
     spec = SweepSpec(task="charlm", structures=list(MOE_STRUCTURES), widths=[64])
     assert spec.structures == ["dense", *MOE_STRUCTURES]
@@ -202,7 +202,7 @@ def test_no_dense_means_report_error_not_crash(tmp_path, fake_config):
 _KILLED = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
-    import einsearch.sweep as sw
+    import einsearch.search.sweep as sw
     from fake_runs import FakeTrainConfig, fake_train
     sw._train_config_cls = lambda: FakeTrainConfig
     spec = sw.SweepSpec(structures=["dense", "btt", "monarch", "kronecker"], widths=[16, 32],
