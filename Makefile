@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test lint bench install clean
 
 # Create the virtual environment and install the project with its dev extras,
 # again whenever pyproject.toml changes.
@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Lint first (ruff on everything, mypy on the library; config in pyproject.toml), then the tests.
+test: $(STAMP) lint
 	$(PY) -m pytest -n 2 -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m mypy
 
 demo: $(STAMP)
 	$(VENV)/bin/einsearch search --task regression --preset demo --out runs/demo --jobs 2

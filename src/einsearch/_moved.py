@@ -13,6 +13,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 import warnings
+from collections.abc import Sequence
 from types import ModuleType
 
 #: submodules that moved: ``einsearch.<name>`` -> ``einsearch.search.<name>``
@@ -33,7 +34,8 @@ class _AliasLoader(importlib.abc.Loader):
 class MovedModuleFinder(importlib.abc.MetaPathFinder):
     """Finds ``einsearch.<moved>...`` and aliases it to ``einsearch.search.<moved>...``."""
 
-    def find_spec(self, fullname: str, path=None, target=None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         parts = fullname.split(".")
         if len(parts) < 2 or parts[0] != "einsearch" or parts[1] not in MOVED_MODULES:
             return None

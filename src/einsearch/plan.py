@@ -284,8 +284,9 @@ def _target_product(t: Theta, d_in: int, d_out: int, core: str) -> float:
 def _target_macs(t: Theta, d_in: int, d_out: int) -> float:
     m = min(d_in, d_out)
     shared = d_in ** t.gamma * d_out ** t.phi * m ** t.rho
-    a_first = shared * d_in ** (t.alpha + t.beta) * d_out ** t.delta + shared * d_in ** t.beta * d_out ** (t.delta + t.epsilon)
-    b_first = shared * d_in ** (t.alpha + t.beta) * d_out ** t.epsilon + shared * d_in ** t.alpha * d_out ** (t.delta + t.epsilon)
+    x_in, y_out = d_in ** (t.alpha + t.beta), d_out ** (t.delta + t.epsilon)
+    a_first = shared * (x_in * d_out ** t.delta + d_in ** t.beta * y_out)
+    b_first = shared * (x_in * d_out ** t.epsilon + d_in ** t.alpha * y_out)
     return min(a_first, b_first)
 
 

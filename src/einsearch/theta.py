@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable
 
 __all__ = ["Theta", "AXES", "NAMED_STRUCTURES", "resolve_structure", "structure_names"]
 

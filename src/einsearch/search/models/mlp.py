@@ -65,7 +65,8 @@ class ResidualMLP(nn.Module):
 
     def __init__(self, width: int, *, d_in: int = 8, d_out: int = 1, depth: int = 3, expansion: int = 4) -> None:
         super().__init__()
-        for field, value in (("width", width), ("d_in", d_in), ("d_out", d_out), ("depth", depth), ("expansion", expansion)):
+        checked = (("width", width), ("d_in", d_in), ("d_out", d_out), ("depth", depth), ("expansion", expansion))
+        for field, value in checked:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ResidualMLP: {field} must be a positive integer, got {value!r}")
         self.width = width
@@ -85,4 +86,5 @@ class ResidualMLP(nn.Module):
     @staticmethod
     def is_block_linear(name: str, module: nn.Module) -> bool:
         """True for the linear layers inside residual blocks (the ones to structure)."""
-        return isinstance(module, nn.Linear) and name.startswith("blocks.") and name.rsplit(".", 1)[-1] in ("fc", "proj")
+        return (isinstance(module, nn.Linear) and name.startswith("blocks.")
+                and name.rsplit(".", 1)[-1] in ("fc", "proj"))

@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import Task, TensorSpec, step_generator
 from .charlm import CharLMTask, Corpus, decode, encode, load_corpus
@@ -45,7 +46,7 @@ def task_options(name: str) -> set[str]:
     return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
-def get_task(name: str, **options) -> Task:
+def get_task(name: str, **options: Any) -> Task:
     """Build task ``name`` with ``options``; a ``ValueError`` names an unknown task or option."""
     factory = _factory(name)
     unknown = sorted(set(options) - task_options(name))

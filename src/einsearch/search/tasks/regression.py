@@ -19,6 +19,7 @@ import functools
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -92,7 +93,7 @@ class _BatchCache:
         self.hits = 0
         self.misses = 0
 
-    def get_or_make(self, key: tuple, make) -> tuple[Tensor, Tensor]:
+    def get_or_make(self, key: tuple, make: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         with self._lock:
             item = self._items.get(key)
             if item is not None:
@@ -133,7 +134,8 @@ class RegressionTask(Task):
     default_depth = 3
     D_IN = 8
 
-    def __init__(self, *, depth: int | None = None, teacher_seed: int = 0, teacher_width: int = 1024, teacher_depth: int = 6) -> None:
+    def __init__(self, *, depth: int | None = None, teacher_seed: int = 0, teacher_width: int = 1024,
+                 teacher_depth: int = 6) -> None:
         self.depth = self.default_depth if depth is None else depth
         for field, value in (("depth", self.depth), ("teacher_width", teacher_width), ("teacher_depth", teacher_depth)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
