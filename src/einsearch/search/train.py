@@ -17,7 +17,9 @@ work (norms, activations, softmax, the optimizer). CPU attention
 counted with torch's own SDPA formula (full T x T, causal mask not discounted).
 
 Logged points: step 0 (before any update: the loss of the first batch and the eval loss at
-init), then every ``log_every`` steps and at the last step. ``Point.train_loss`` is the mean
+init), then every ``log_every`` steps and at the last step; or, when ``log_points`` is set, on
+about ``log_points`` log-spaced steps (:func:`log_spaced_steps`, the last step included), so a
+log-log frontier gets evenly spread points instead of most of them at the end. ``Point.train_loss`` is the mean
 batch loss over the steps since the previous point; ``Point.eval_loss`` is measured on the
 task's fixed held-out set right after that step's update.
 
@@ -45,7 +47,7 @@ from einsearch import aux_loss, moeify, param_groups, resolve_structure, structu
 
 from .tasks import Task, get_task, task_names, task_options
 
-__all__ = ["TrainConfig", "Point", "RunResult", "train", "build_model", "count_forward_flops", "lr_factor", "make_optimizer", "SCHEDULES"]
+__all__ = ["TrainConfig", "Point", "RunResult", "train", "build_model", "count_forward_flops", "log_spaced_steps", "lr_factor", "make_optimizer", "SCHEDULES"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,8 @@ class TrainConfig:
             or ``"cosine"`` (to 10% of the peak at the last step).
         einsum_norm: normalise structured cores (DESIGN.md section 4).
         log_every, eval_batches: logging period in steps; held-out batches per eval (0 = none).
+        log_points: ``None`` (log every ``log_every`` steps) or the number of log-spaced steps
+            to log on (>= 2, the last step included; replaces ``log_every``).
         data, block_size: corpus path and context length (``charlm`` only).
         structure may also be ``"btt_moe"`` or ``"moe"`` (``MOE_STRUCTURES``).
         num_experts, top_k, aux_loss_weight: MoE settings, used by the MoE structures only:
@@ -106,6 +110,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     einsum_norm: bool = True
     log_every: int = 25
+    log_points: int | None = None
     eval_batches: int = 4
     data: str | None = None
     block_size: int = 128
@@ -140,6 +145,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not _is_int(v) or v < 0:
                 raise bad(name, "a non-negative integer")
+        if self.log_points is not None and (not _is_int(self.log_points) or self.log_points < 2):
+            raise bad("log_points", "None (log every log_every steps) or an integer >= 2")
         if self.depth is not None and (not _is_int(self.depth) or self.depth < 1):
             raise bad("depth", "None (task default) or a positive integer")
         if not _is_num(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
@@ -168,6 +175,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def log_steps(self) -> list[int]:
+        """The updates after which a point is logged (step 0 is always logged too)."""
+        if self.log_points is not None:
+            return log_spaced_steps(self.steps, self.log_points)
+        return sorted({*range(self.log_every, self.steps + 1, self.log_every), self.steps})
 
     def run_id(self) -> str:
         """Stable 16-hex-digit id: blake2b of the sorted JSON of every field."""
@@ -208,6 +221,19 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------------------- helpers
+def log_spaced_steps(steps: int, n: int) -> list[int]:
+    """About ``n`` distinct steps in ``1..steps``, log-spaced, always including ``steps``.
+
+    Step k of ``n`` is ``round(steps ** (k / (n - 1)))`` for k = 0..n-1; early steps that round
+    to the same integer are merged, so short runs get fewer than ``n``.
+    """
+    if not _is_int(steps) or steps < 1:
+        raise ValueError(f"log_spaced_steps: steps must be a positive integer, got {steps!r}")
+    if not _is_int(n) or n < 2:
+        raise ValueError(f"log_spaced_steps: n must be an integer >= 2, got {n!r}")
+    return sorted({max(1, min(steps, round(steps ** (k / (n - 1))))) for k in range(n)} | {steps})
+
+
 def _task_for(config: TrainConfig) -> Task:
     accepted = task_options(config.task)
     options: dict = {}
@@ -315,6 +341,7 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
     logger.info("run %s: task=%s structure=%s width=%d params=%d train FLOPs/token=%.4g steps=%d",
                 config.run_id(), config.task, config.structure, config.width, params, flops_per_token, config.steps)
 
+    log_at = set(config.log_steps())
     points: list[Point] = []
     status, diverged_step = "finished", None
     initial_loss: float | None = None
@@ -342,7 +369,7 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
         window.append(value)
         if progress is not None:
             progress(step, value)
-        if step % config.log_every == 0 or step == config.steps:
+        if step in log_at:
             eval_loss = evaluate()
             if eval_loss is not None and not math.isfinite(eval_loss):
                 status, diverged_step = "diverged", step
