@@ -20,12 +20,15 @@ torch's fused fast paths are never taken with this module: ``in_proj_weight`` an
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["StructuredMultiheadAttention"]
+__all__ = ["StructuredMultiheadAttention", "swap_attention", "disable_fused_paths"]
+
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 def _features(module: nn.Module) -> tuple[int | None, int | None]:
@@ -65,9 +68,16 @@ class StructuredMultiheadAttention(nn.Module):
     """
 
     # torch's fused paths check these before reading packed weights; None/False turns them off
-    in_proj_weight = None
-    in_proj_bias = None
+    in_proj_weight: None = None
+    in_proj_bias: None = None
     _qkv_same_embed_dim = False
+
+    q_proj: nn.Module
+    k_proj: nn.Module
+    v_proj: nn.Module
+    out_proj: nn.Module
+    bias_k: nn.Parameter | None
+    bias_v: nn.Parameter | None
 
     def __init__(
         self,
@@ -95,28 +105,27 @@ class StructuredMultiheadAttention(nn.Module):
         if embed_dim % num_heads:
             raise ValueError(f"StructuredMultiheadAttention: embed_dim={embed_dim} must be divisible by "
                              f"num_heads={num_heads}")
-        for arg, value in (("kdim", kdim), ("vdim", vdim)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        for arg, width in (("kdim", kdim), ("vdim", vdim)):
+            if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width <= 0):
                 raise ValueError(f"StructuredMultiheadAttention: {arg} must be a positive integer or None, "
-                                 f"got {value!r}")
+                                 f"got {width!r}")
         if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0.0 <= dropout <= 1.0):
             raise ValueError(f"StructuredMultiheadAttention: dropout must be a probability in [0, 1], got {dropout!r}")
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
-        self.kdim = kdim if kdim is not None else embed_dim
-        self.vdim = vdim if vdim is not None else embed_dim
+        self.kdim: int = kdim if kdim is not None else embed_dim
+        self.vdim: int = vdim if vdim is not None else embed_dim
         self.dropout = float(dropout)
         self.batch_first = bool(batch_first)
         self.add_zero_attn = bool(add_zero_attn)
-        factory = {"device": device, "dtype": dtype}
         shapes = {"q_proj": (embed_dim, embed_dim), "k_proj": (self.kdim, embed_dim),
                   "v_proj": (self.vdim, embed_dim), "out_proj": (embed_dim, embed_dim)}
         given = {"q_proj": q_proj, "k_proj": k_proj, "v_proj": v_proj, "out_proj": out_proj}
         for name, (d_in, d_out) in shapes.items():
             module = given[name]
             if module is None:
-                module = nn.Linear(d_in, d_out, bias=bias, **factory)
+                module = nn.Linear(d_in, d_out, bias=bias, device=device, dtype=dtype)
                 with torch.no_grad():
                     nn.init.xavier_uniform_(module.weight)
                     if module.bias is not None:
@@ -131,8 +140,8 @@ class StructuredMultiheadAttention(nn.Module):
                                      f"got {type(module).__name__} with {got_in} -> {got_out}")
             setattr(self, name, module)
         if add_bias_kv:
-            self.bias_k = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
-            self.bias_v = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
+            self.bias_k = nn.Parameter(torch.empty(1, 1, embed_dim, device=device, dtype=dtype))
+            self.bias_v = nn.Parameter(torch.empty(1, 1, embed_dim, device=device, dtype=dtype))
             with torch.no_grad():
                 nn.init.xavier_normal_(self.bias_k)
                 nn.init.xavier_normal_(self.bias_v)
@@ -166,11 +175,9 @@ class StructuredMultiheadAttention(nn.Module):
         else:
             b_q = b_k = b_v = None
         out = mha.out_proj
-        ref = w_q
-        factory = {"device": ref.device, "dtype": ref.dtype}
 
         def linear(w: Tensor, b: Tensor | None) -> nn.Linear:
-            layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, **factory)
+            layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
             with torch.no_grad():
                 layer.weight.copy_(w)
                 if b is not None:
@@ -183,9 +190,9 @@ class StructuredMultiheadAttention(nn.Module):
             kdim=mha.kdim, vdim=mha.vdim, batch_first=mha.batch_first,
             q_proj=linear(w_q, b_q), k_proj=linear(w_k, b_k), v_proj=linear(w_v, b_v),
             out_proj=linear(out.weight.detach(), None if out.bias is None else out.bias.detach()),
-            **factory,
+            device=w_q.device, dtype=w_q.dtype,
         )
-        if mha.bias_k is not None:
+        if mha.bias_k is not None and mha.bias_v is not None and new.bias_k is not None and new.bias_v is not None:
             with torch.no_grad():
                 new.bias_k.copy_(mha.bias_k)
                 new.bias_v.copy_(mha.bias_v)
@@ -194,10 +201,10 @@ class StructuredMultiheadAttention(nn.Module):
 
     def dense_reason(self) -> str | None:
         """Why ``to_mha`` cannot rebuild an ``nn.MultiheadAttention``; None when it can."""
-        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        for name in _PROJECTIONS:
             if _dense_weight(getattr(self, name)) is None:
                 return f"{name} ({type(getattr(self, name)).__name__}) has no dense weight (no to_dense())"
-        biases = [getattr(self, n).bias is not None for n in ("q_proj", "k_proj", "v_proj", "out_proj")]
+        biases = [getattr(self, n).bias is not None for n in _PROJECTIONS]
         if len(set(biases)) != 1:
             return "nn.MultiheadAttention has one bias flag for all four projections; these differ"
         return None
@@ -213,25 +220,23 @@ class StructuredMultiheadAttention(nn.Module):
         reason = self.dense_reason()
         if reason is not None:
             raise ValueError(f"to_mha: cannot rebuild nn.MultiheadAttention: {reason}")
-        (w_q, b_q), (w_k, b_k), (w_v, b_v), (w_o, b_o) = (
-            _dense_weight(getattr(self, n)) for n in ("q_proj", "k_proj", "v_proj", "out_proj"))
+        dense = [_dense_weight(getattr(self, n)) for n in _PROJECTIONS]
+        (w_q, b_q), (w_k, b_k), (w_v, b_v), (w_o, b_o) = (d for d in dense if d is not None)
         mha = nn.MultiheadAttention(
             self.embed_dim, self.num_heads, dropout=self.dropout, bias=b_q is not None,
             add_bias_kv=self.bias_k is not None, add_zero_attn=self.add_zero_attn,
             kdim=self.kdim, vdim=self.vdim, batch_first=self.batch_first, device=w_q.device, dtype=w_q.dtype)
+        values: dict[str, Tensor] = {"out_proj.weight": w_o}
         if mha._qkv_same_embed_dim:
-            mha.in_proj_weight.copy_(torch.cat([w_q, w_k, w_v]))
+            values["in_proj_weight"] = torch.cat([w_q, w_k, w_v])
         else:
-            mha.q_proj_weight.copy_(w_q)
-            mha.k_proj_weight.copy_(w_k)
-            mha.v_proj_weight.copy_(w_v)
-        if b_q is not None:
-            mha.in_proj_bias.copy_(torch.cat([b_q, b_k, b_v]))
-            mha.out_proj.bias.copy_(b_o)
-        mha.out_proj.weight.copy_(w_o)
-        if self.bias_k is not None:
-            mha.bias_k.copy_(self.bias_k)
-            mha.bias_v.copy_(self.bias_v)
+            values.update(q_proj_weight=w_q, k_proj_weight=w_k, v_proj_weight=w_v)
+        if b_q is not None and b_k is not None and b_v is not None and b_o is not None:
+            values.update({"in_proj_bias": torch.cat([b_q, b_k, b_v]), "out_proj.bias": b_o})
+        if self.bias_k is not None and self.bias_v is not None:
+            values.update(bias_k=self.bias_k, bias_v=self.bias_v)
+        for name, value in values.items():
+            mha.get_parameter(name).copy_(value)
         mha.train(self.training)
         return mha
 
@@ -285,7 +290,7 @@ class StructuredMultiheadAttention(nn.Module):
         q = self.q_proj(query)
         k = self.k_proj(key)
         v = self.v_proj(value)
-        if self.bias_k is not None:
+        if self.bias_k is not None and self.bias_v is not None:
             k = torch.cat([k, self.bias_k.expand(n, 1, self.embed_dim)], dim=1)
             v = torch.cat([v, self.bias_v.expand(n, 1, self.embed_dim)], dim=1)
             mask = None if mask is None else F.pad(mask, (0, 1))
@@ -339,7 +344,7 @@ class StructuredMultiheadAttention(nn.Module):
             raise ValueError(f"{where}: key and value must agree in sequence and batch dimensions, "
                              f"got {tuple(key.shape)} and {tuple(value.shape)}")
         batch_axis = 0 if self.batch_first else 1
-        n = query.shape[batch_axis] if batched else None
+        n = query.shape[batch_axis] if batched else 1
         seq_axis = 1 - batch_axis if batched else 0
         tgt_len, src_len = query.shape[seq_axis], key.shape[seq_axis]
         if batched and key.shape[batch_axis] != n:
@@ -351,7 +356,7 @@ class StructuredMultiheadAttention(nn.Module):
                 raise ValueError(f"{where}: key_padding_mask must have shape {want}, "
                                  f"got {tuple(key_padding_mask.shape)}")
         if attn_mask is not None:
-            shapes = [(tgt_len, src_len), ((n if batched else 1) * self.num_heads, tgt_len, src_len)]
+            shapes = [(tgt_len, src_len), (n * self.num_heads, tgt_len, src_len)]
             if tuple(attn_mask.shape) not in shapes:
                 raise ValueError(f"{where}: attn_mask must have shape (L, S) = {shapes[0]} or "
                                  f"(N * num_heads, L, S) = {shapes[1]}, got {tuple(attn_mask.shape)}")
@@ -380,3 +385,62 @@ def _additive_mask(mask: Tensor | None, name: str, dtype: torch.dtype) -> Tensor
         raise TypeError(f"StructuredMultiheadAttention: {name} must be a bool or floating-point tensor, "
                         f"got dtype {mask.dtype}")
     return mask
+
+
+def swap_attention(model: nn.Module, pick: Callable[[str, nn.Module], bool]) -> tuple[list[str], dict[str, str]]:
+    """Replace each ``nn.MultiheadAttention`` of ``model`` that has a projection ``pick`` wants.
+
+    The candidate names are ``<attention>.q_proj``, ``.k_proj``, ``.v_proj`` and ``.out_proj``
+    (the names the projections have after the swap); ``pick(name, module)`` sees the dense
+    ``nn.Linear`` each would be. The replacement is ``StructuredMultiheadAttention.from_mha``,
+    the same function. Returns (names of the swapped attentions, {projection name: why not}
+    for attentions that could not be swapped).
+    """
+    swapped: list[str] = []
+    reasons: dict[str, str] = {}
+    for name, module in list(model.named_modules()):
+        if type(module) is StructuredMultiheadAttention or not isinstance(module, nn.MultiheadAttention):
+            continue
+        try:
+            new = StructuredMultiheadAttention.from_mha(module)
+        except TypeError as err:
+            for proj in _PROJECTIONS:
+                reasons[f"{name}.{proj}" if name else proj] = str(err)
+            continue
+        if not any(pick(f"{name}.{proj}" if name else proj, getattr(new, proj)) for proj in _PROJECTIONS):
+            continue
+        if not name:
+            for proj in _PROJECTIONS:
+                reasons[proj] = ("the model itself is an nn.MultiheadAttention, which cannot be swapped in "
+                                 "place: convert it with StructuredMultiheadAttention.from_mha first")
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        swapped.append(name)
+    return swapped, reasons
+
+
+def disable_fused_paths(model: nn.Module, changed: Iterable[str]) -> list[str]:
+    """Turn off torch's fused transformer paths above changed modules; returns what was done.
+
+    ``nn.TransformerEncoderLayer`` (eval mode, no grad) and ``nn.TransformerEncoder`` (nested
+    tensors with a padding mask) read ``linear1.weight``, ``self_attn.in_proj_weight`` and
+    friends directly; with a structured layer there they would fail. Setting the flags their
+    own checks read (``activation_relu_or_gelu = 0``, ``use_nested_tensor = False``) sends
+    them down their ordinary path, which calls the submodules; the function is unchanged.
+    """
+    changed = list(changed)
+    done: list[str] = []
+
+    def above(name: str) -> bool:
+        return any(c == name or c.startswith(name + ".") or not name for c in changed)
+
+    for name, module in model.named_modules():
+        label = name or "<model>"
+        if isinstance(module, nn.TransformerEncoderLayer) and module.activation_relu_or_gelu and above(name):
+            module.activation_relu_or_gelu = 0
+            done.append(f"{label}: fused fast path off (activation_relu_or_gelu = 0)")
+        if isinstance(module, nn.TransformerEncoder) and getattr(module, "use_nested_tensor", False) and above(name):
+            module.use_nested_tensor = False
+            done.append(f"{label}: nested-tensor fast path off (use_nested_tensor = False)")
+    return done
