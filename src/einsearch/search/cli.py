@@ -71,12 +71,31 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from .sweep import format_outcome, search
 
     out = args.out or f"runs/{args.preset}"
+    if args.dry_run or args.lr_check:
+        return _search_plan(args, out)
     print(f"einsearch search: preset {args.preset!r}, task {args.task or '(preset default)'} -> {out}",
           flush=True)
     outcome = search(args.preset, out, task=args.task, structures=args.structures, widths=args.widths,
                      jobs=args.jobs, show_progress=not args.quiet, steps=args.steps, data=args.data)
     print(format_outcome(outcome))
     return 0 if outcome.ok else 1
+
+
+def _search_plan(args: argparse.Namespace, out: str) -> int:
+    """``--dry-run`` (print the run table, train nothing) and ``--lr-check``."""
+    from .runplan import format_lr_check, format_run_table, lr_check
+    from .sweep import load_spec
+
+    spec = load_spec(args.preset, task=args.task, structures=args.structures, widths=args.widths,
+                     steps=args.steps, data=args.data)
+    spec.check_buildable()
+    if args.dry_run:
+        print(format_run_table(spec))
+        return 0
+    print(f"einsearch search --lr-check: preset {args.preset!r} -> {out}/lr_check", flush=True)
+    result = lr_check(spec, out, jobs=args.jobs, show_progress=not args.quiet)
+    print(format_lr_check(result))
+    return 0 if result["failed"] == 0 else 1
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -111,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--data", default=None, help="text file or directory for charlm")
     search.add_argument("--jobs", type=_positive_int, default=1, help="parallel worker processes")
     search.add_argument("--quiet", action="store_true", help="no progress bar")
+    search.add_argument("--dry-run", action="store_true",
+                        help="print the run table (structure, width, FLOPs/token, steps, seeds, "
+                        "lrs) and exit without training")
+    search.add_argument("--lr-check", action="store_true",
+                        help="train each structure at 1/3, 1 and 3 x the transferred lr at its "
+                        "middle width for 1/4 of the steps; flag any whose best lr is not the "
+                        "transferred one (results in OUT/lr_check/)")
     search.set_defaults(func=_cmd_search)
 
     report = sub.add_parser("report", help="regenerate the report of a search from its results store")

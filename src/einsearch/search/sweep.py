@@ -81,16 +81,26 @@ class SweepSpec:
     ``train`` holds every other ``TrainConfig`` field (steps, batch_size, ...). Unless
     ``include_dense`` is False, dense is added as the first structure when absent: every
     compute multiplier is measured against it.
+
+    ``widths`` is one list for every structure, or a mapping structure -> its own list. With
+    ``match_compute`` (off by default; the shipped presets turn it on) a structure without
+    widths of its own gets, for each dense width, the width whose training FLOPs per token is
+    closest in log to dense's (candidates up to ``max_width_factor`` x the largest dense width;
+    :mod:`einsearch.search.runplan`), so every structure covers dense's compute window.
+    ``train.base_width`` (muP's reference width) defaults to dense's smallest width: the
+    learning rate is tuned on, and transferred from, the smallest dense model.
     """
 
     task: str = "regression"
     structures: list[str] = field(default_factory=lambda: ["dense"])
-    widths: list[int] = field(default_factory=lambda: [64])
+    widths: Any = field(default_factory=lambda: [64])  # list[int] | dict[str, list[int]]
     seeds: list[int] = field(default_factory=lambda: [0])
     lrs: list[float] = field(default_factory=lambda: [3e-3])
     train: dict[str, Any] = field(default_factory=dict)
     include_dense: bool = True
     description: str = ""
+    match_compute: bool = False
+    max_width_factor: float = 8.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -108,10 +118,16 @@ class SweepSpec:
         if self.include_dense and dense not in thetas:
             self.structures.insert(0, "dense")
         self.structures = list(dict.fromkeys(self.structures))
-        self.widths = [_positive_int(w, "widths") for w in _as_list(self.widths, "widths")]
-        self.seeds = [_int(s, "seeds") for s in _as_list(self.seeds, "seeds")]
+        if not isinstance(self.match_compute, bool):
+            raise ValueError(f"match_compute must be true or false, got {self.match_compute!r}")
+        factor = _positive_float(self.max_width_factor, "max_width_factor")
+        if factor < 1:
+            raise ValueError(f"max_width_factor: expected a number >= 1, got {factor!r}")
+        self.max_width_factor = factor
+        self.widths = self._parse_widths(self.widths)
+        self.seeds = [_non_negative_int(s, "seeds") for s in _as_list(self.seeds, "seeds")]
         self.lrs = [_positive_float(x, "lrs") for x in _as_list(self.lrs, "lrs")]
-        for name in ("widths", "seeds", "lrs"):
+        for name in ("seeds", "lrs"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
         if not isinstance(self.train, Mapping):
@@ -121,6 +137,123 @@ class SweepSpec:
             if key in _AXES:
                 raise ValueError(f"train.{key}: set '{_AXES[key]}' at the top level of the spec "
                                  "instead (it is swept over)")
+        self._check_data()
+
+    def _parse_widths(self, widths: Any) -> list[int] | dict[str, list[int]]:
+        def one(values: Any, name: str) -> list[int]:
+            out = [_positive_int(w, name) for w in _as_list(values, name)]
+            if not out:
+                raise ValueError(f"{name} must not be empty")
+            return sorted(set(out))
+
+        if not isinstance(widths, Mapping):
+            return one(widths, "widths")
+        parsed = {str(k).strip(): one(v, f"widths.{str(k).strip()}") for k, v in widths.items()}
+        for key in parsed:
+            if key not in self.structures:
+                raise ValueError(f"widths: {key!r} is not one of the structures "
+                                 f"{self.structures}")
+        missing = [s for s in self.structures if s not in parsed]
+        ref = self.reference_structure()
+        if missing and not self.match_compute:
+            raise ValueError(f"widths: no widths for structure(s) {missing}; give them, or set "
+                             "match_compute: true to derive them from dense's")
+        if missing and (ref is None or ref not in parsed):
+            raise ValueError(f"widths: match_compute derives {missing}'s widths from dense's, "
+                             f"but no widths are given for dense (structures {self.structures})")
+        return parsed
+
+    def reference_structure(self) -> str | None:
+        """The structure that is dense (the reference of every multiplier), or None."""
+        from einsearch import resolve_structure
+
+        dense = resolve_structure("dense")
+        for s in self.structures:
+            try:
+                if resolve_structure(s) == dense:
+                    return s
+            except (ValueError, TypeError):
+                continue
+        return None
+
+    def _check_data(self) -> None:
+        data = self.train.get("data")
+        if data is None:
+            return
+        from .tasks import task_options
+
+        try:
+            takes_data = "data" in task_options(self.task)
+        except ValueError:  # an unknown task: TrainConfig names it
+            return
+        if not takes_data:
+            return
+        if not isinstance(data, (str, os.PathLike)) or not str(data):
+            raise ValueError(f"--data / train.data: expected a path to a text file or a "
+                             f"directory, got {data!r}")
+        if not Path(str(data)).expanduser().exists():
+            raise ValueError(f"--data / train.data: no such file or directory: {str(data)!r} "
+                             f"(task {self.task!r} reads a text file or a directory of text "
+                             "files)")
+
+    def widths_for(self, structure: str) -> list[int]:
+        """The widths ``structure`` is trained at (given, or compute-matched to dense's)."""
+        if structure not in self.structures:
+            raise ValueError(f"structure {structure!r} is not in this sweep: {self.structures}")
+        if isinstance(self.widths, list):
+            if not self.match_compute or structure == self.reference_structure():
+                return list(self.widths)
+            dense = list(self.widths)
+        else:
+            if structure in self.widths:
+                return list(self.widths[structure])
+            dense = list(self.widths[self.reference_structure()])  # checked in _parse_widths
+        if self.reference_structure() is None:
+            raise ValueError("widths: match_compute needs dense among the structures")
+        from .runplan import flops_per_token, match_width, width_candidates
+
+        ref = self.reference_structure()
+        candidates = width_candidates(int(max(dense) * self.max_width_factor))
+        if not candidates:
+            return dense
+        out = {match_width(flops_per_token(self.task, ref, w, self.train),
+                           lambda c: flops_per_token(self.task, structure, c, self.train),
+                           candidates) for w in dense}
+        return sorted(out)
+
+    def base_width(self) -> int:
+        """muP's reference width: ``train.base_width`` if set, else dense's smallest width
+        (the smallest overall width when there is no dense)."""
+        if "base_width" in self.train:
+            return self.train["base_width"]
+        ref = self.reference_structure()
+        if ref is not None:
+            return min(self.widths_for(ref))
+        return min(min(self.widths_for(s)) for s in self.structures)
+
+    def check_buildable(self) -> None:
+        """Build every (structure, width) the sweep trains, without training: a width the task
+        or a structure cannot take raises ValueError naming both, before anything is written.
+
+        Every width is counted on the meta device; each structure's smallest width is also
+        built for real (where a width too small for a structure fails)."""
+        from .runplan import flops_per_token
+        from .train import TrainConfig, build_model
+
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        for s in self.structures:
+            widths = self.widths_for(s)
+            for w in widths:
+                flops_per_token(self.task, s, w, self.train)
+            cfg = TrainConfig(task=self.task, structure=s, width=min(widths),
+                              base_width=self.base_width(),
+                              **{k: v for k, v in self.train.items()
+                                 if k in fields and k != "base_width"})
+            try:
+                build_model(cfg)
+            except (ValueError, TypeError, RuntimeError) as err:
+                raise ValueError(f"widths: structure {s!r} cannot be built at width "
+                                 f"{min(widths)} on task {self.task!r}: {err}") from None
 
     def validate_train_keys(self) -> None:
         """Raise ValueError naming any ``train`` key that is not a TrainConfig field."""
@@ -135,12 +268,14 @@ class SweepSpec:
         self.validate_train_keys()
         cls = _train_config_cls()
         out, seen = [], set()
+        train = dict(self.train)
+        train.setdefault("base_width", self.base_width())
         for s in self.structures:
-            for w in self.widths:
+            for w in self.widths_for(s):
                 for seed in self.seeds:
                     for lr in self.lrs:
                         cfg = cls(task=self.task, structure=s, width=w, seed=seed, lr=lr,
-                                  **self.train)
+                                  **train)
                         if cfg.run_id() not in seen:
                             seen.add(cfg.run_id())
                             out.append(cfg)
@@ -152,6 +287,10 @@ class SweepSpec:
             d.pop("description")
         if d["include_dense"]:
             d.pop("include_dense")
+        if not d["match_compute"]:
+            d.pop("match_compute")
+        if d["max_width_factor"] == 8.0:
+            d.pop("max_width_factor")
         return d
 
 
@@ -164,6 +303,12 @@ def _positive_int(v: Any, name: str) -> int:
 def _int(v: Any, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise ValueError(f"{name}: expected integers, got {v!r}")
+    return v
+
+
+def _non_negative_int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{name}: expected non-negative integers, got {v!r}")
     return v
 
 
@@ -280,6 +425,7 @@ def search(preset: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
            **train_overrides: Any) -> SweepOutcome:
     """``einsearch search``: load ``preset`` (name or file), apply overrides, run, report."""
     spec = load_spec(preset, task=task, structures=structures, widths=widths, **train_overrides)
+    spec.check_buildable()  # every (structure, width) builds, before anything is written
     return run_sweep(spec, out_dir, jobs=jobs, show_progress=show_progress)
 
 
