@@ -98,7 +98,7 @@ def test_core_multiplier_formula():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"lr": 0.0}, "lr must be a positive number"),
+    ({"lr": 0.0}, "lr must be a positive finite number"),
     ({"lr": 1e-3, "base_width": 0}, "base_width must be a positive integer"),
     ({"lr": 1e-3, "base_width": 16, "width": -4}, "width must be a positive integer"),
 ])

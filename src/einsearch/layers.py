@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional
+from .base import CORE_NAMES, LayerCost, StructuredLinear, plan_core
 from .plan import EinsumPlan, make_plan
 from .theta import Theta, resolve_structure
 
@@ -29,39 +30,15 @@ class EinsumLinearConfig:
     zero_init: bool = False
 
 
-@dataclass(frozen=True)
-class LayerCost:
-    """Real cost of a built layer, per token.
-
-    params: trainable parameters (cores + bias + norm gains); core_params: cores only;
-    flops: forward FLOPs per token (2 x multiply-adds, bias excluded, padding included);
-    dense_*: the same for ``nn.Linear(d_in, d_out)`` without bias.
-    """
-
-    params: int
-    core_params: int
-    flops: int
-    dense_params: int
-    dense_flops: int
-
-    @property
-    def flops_ratio(self) -> float:
-        return self.flops / self.dense_flops
-
-    @property
-    def params_ratio(self) -> float:
-        return self.core_params / self.dense_params
-
-
-class EinsumLinear(nn.Module):
-    """y = W x + b with W expressed by two cores through one einsum (DESIGN.md section 2).
+class EinsumLinear(StructuredLinear):
+    """y = W x + b with W expressed by two cores through one einsum (docs/design.md section 2).
 
     Args:
         d_in, d_out: input and output widths (positive integers).
         theta: a ``Theta``, a structure name (``"monarch"``, ``"btt(0.25)"``) or theta text.
         bias: add a learnable bias of shape (d_out,).
         einsum_norm: divide a core whose RMS exceeds its init scale by RMS / init scale, with a
-            learnable scalar gain per core (DESIGN.md section 4).
+            learnable scalar gain per core (docs/design.md section 4).
         zero_init: start with the last core (in contraction order) at zero, so the layer
             outputs zero at init (last layer of a residual branch).
         fast: use the batched-GEMM path when available; ``False`` forces the einsum reference.
@@ -84,7 +61,7 @@ class EinsumLinear(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(d_in, d_out, bias=bias, einsum_norm=einsum_norm)
         theta = resolve_structure(theta)
         if theta.is_degenerate:
             warnings.warn(
@@ -94,15 +71,12 @@ class EinsumLinear(nn.Module):
         self.config = EinsumLinearConfig(str(theta), d_in, d_out, bool(bias), bool(einsum_norm), bool(zero_init))
         self.fast = fast
         factory = {"device": device, "dtype": dtype}
-        for name, shape in (("core_a", self.plan.shape_a), ("core_b", self.plan.shape_b)):
+        for name, shape in zip(CORE_NAMES, (self.plan.shape_a, self.plan.shape_b)):
             if math.prod(shape) == 1:
                 self.register_buffer(name, torch.ones(shape, **factory), persistent=False)
             else:
                 setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
-        if einsum_norm:
-            self.gain_a = nn.Parameter(torch.ones((), **factory))
-            self.gain_b = nn.Parameter(torch.ones((), **factory))
-        self.bias = nn.Parameter(torch.zeros(d_out, **factory)) if bias else None
+        self._register_gains_and_bias(device, dtype)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ basics
@@ -111,34 +85,22 @@ class EinsumLinear(nn.Module):
         return self.plan.theta
 
     @property
-    def d_in(self) -> int:
-        return self.plan.d_in
-
-    @property
-    def d_out(self) -> int:
-        return self.plan.d_out
-
-    # aliases so code written for nn.Linear keeps working
-    in_features = d_in
-    out_features = d_out
-
-    def core_names(self) -> list[str]:
-        """Names of the cores that are trainable parameters."""
-        return [n for n in ("core_a", "core_b") if isinstance(getattr(self, n), nn.Parameter)]
+    def size_plan(self) -> EinsumPlan:
+        return self.plan
 
     def last_core(self) -> str:
         """The core applied last (zeroed by ``zero_init``); the other one if that is trivial."""
-        order = ["core_a", "core_b"] if self.plan.first == "A" else ["core_b", "core_a"]
+        order = CORE_NAMES if self.plan.first == plan_core(CORE_NAMES[0]) else CORE_NAMES[::-1]
         trainable = [n for n in order if n in self.core_names()]
         return trainable[-1]
 
     def init_std(self, core: str) -> float:
         """Spectral init std of ``core_a`` / ``core_b``: sqrt(min(fan_in, fan_out)) / fan_in."""
-        return self.plan.init_std(core[-1].upper())
+        return self.plan.init_std(plan_core(core))
 
     def lr_multiplier(self, core: str) -> float:
         """Structure part of the Adam LR multiplier of a core (width multiplier not included)."""
-        return self.plan.lr_multiplier(core[-1].upper())
+        return self.plan.lr_multiplier(plan_core(core))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -146,14 +108,10 @@ class EinsumLinear(nn.Module):
             getattr(self, name).normal_(0.0, self.init_std(name))
         if self.config.zero_init:
             getattr(self, self.last_core()).zero_()
-        if self.bias is not None:
-            self.bias.zero_()
-        if self.config.einsum_norm:
-            self.gain_a.fill_(1.0)
-            self.gain_b.fill_(1.0)
+        self._reset_gains_and_bias()
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, theta: Theta | str, **fit_kwargs) -> "EinsumLinear":
+    def from_linear(cls, linear: nn.Linear, theta: Theta | str, **fit_kwargs: Any) -> "EinsumLinear":
         """A layer fitted to a (trained) ``nn.Linear``: see ``einsearch.fit.from_linear``.
 
         The relative Frobenius error of the fit is logged; ``einsearch.fit.from_linear``
@@ -164,37 +122,8 @@ class EinsumLinear(nn.Module):
         return from_linear(linear, theta, **fit_kwargs)[0]
 
     # ----------------------------------------------------------------- forward
-    def effective_cores(self) -> tuple[Tensor, Tensor]:
-        """Cores as used in the forward pass (after the optional einsum norm)."""
-        a, b = self.core_a, self.core_b
-        if self.config.einsum_norm:
-            a = self._normalized(a, self.gain_a, "core_a")
-            b = self._normalized(b, self.gain_b, "core_b")
-        return a, b
-
-    def _normalized(self, core: Tensor, gain: Tensor, name: str) -> Tensor:
-        if core.numel() == 1:
-            return core
-        # (RMS / init scale)^2, clamped before the root so a zero core (zero init) has a
-        # finite, zero gradient through the norm instead of sqrt'(0) = inf.
-        ratio_sq = core.pow(2).mean() / self.init_std(name) ** 2
-        return core * (gain * torch.clamp(ratio_sq, min=1.0).rsqrt())
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.d_in:
-            raise ValueError(
-                f"EinsumLinear expected input of width d_in={self.d_in} in its last dimension, "
-                f"got shape {tuple(x.shape)}"
-            )
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.d_in)
+    def _forward_2d(self, x2: Tensor) -> Tensor:
         a, b = self.effective_cores()
-        y = self._matmul(x2, a, b)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*lead, self.d_out)
-
-    def _matmul(self, x2: Tensor, a: Tensor, b: Tensor) -> Tensor:
         if self.fast:
             from . import fast  # local import: optional acceleration layer
 
@@ -203,12 +132,10 @@ class EinsumLinear(nn.Module):
 
     def forward_reference(self, x: Tensor) -> Tensor:
         """The plain two-einsum path (for tests and benchmarks)."""
-        lead = x.shape[:-1]
-        a, b = self.effective_cores()
-        y = functional.einsum_linear_reference(x.reshape(-1, self.d_in), a, b, self.plan)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*lead, self.d_out)
+        def reference(x2: Tensor) -> Tensor:
+            return functional.einsum_linear_reference(x2, *self.effective_cores(), self.plan)
+
+        return self._apply_2d(x, reference)
 
     def to_dense(self) -> Tensor:
         """The (d_out, d_in) matrix W such that forward(x) = x @ W.T + bias."""
@@ -217,12 +144,13 @@ class EinsumLinear(nn.Module):
 
     # -------------------------------------------------------------------- cost
     def cost(self) -> LayerCost:
+        dense_params, dense_flops = self._dense_cost()
         return LayerCost(
             params=sum(p.numel() for p in self.parameters()),
             core_params=self.plan.params,
             flops=self.plan.flops,
-            dense_params=self.d_in * self.d_out,
-            dense_flops=self.plan.dense_flops,
+            dense_params=dense_params,
+            dense_flops=dense_flops,
         )
 
     # ------------------------------------------------------- (de)serialization
@@ -239,9 +167,8 @@ class EinsumLinear(nn.Module):
                 f"d_out={self.d_out}"
             )
 
-    def extra_repr(self) -> str:
-        p = self.plan
-        pad = f", padded=({p.d_in_padded}->{p.d_out_padded})" if p.is_padded else ""
-        return (f"d_in={p.d_in}, d_out={p.d_out}, theta={p.theta}, sizes=[{p.describe()}], "
-                f"first={p.first}{pad}, bias={self.bias is not None}"
-                + (", einsum_norm=True" if self.config.einsum_norm else ""))
+    def _repr_head(self) -> list[str]:
+        return [f"theta={self.plan.theta}"]
+
+    def _repr_order(self) -> list[str]:
+        return [f"first={self.plan.first}"]

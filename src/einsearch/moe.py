@@ -1,6 +1,6 @@
 """Mixtures of experts: BTT-MoE (an MoE inside every linear layer) and the standard FFN MoE.
 
-BTT-MoE (DESIGN.md section 5). A Block Tensor-Train layer (theta = btt, A contracted first)
+BTT-MoE (docs/design.md section 5). A Block Tensor-Train layer (theta = btt, A contracted first)
 whose rank axis rho has exactly ``num_experts`` = E slices::
 
     z[n, b, g, d, f, r] = sum_a x[n, a, b, g] * A[a, g, d, f, r]          (first core)
@@ -23,7 +23,7 @@ Cost per token (``BTTMoELinear.flops_per_token``)::
 Gating multiplies and the scatter-add back to token order are O(d) per assignment and, like the
 bias, are not counted (``torch.utils.flop_counter.FlopCounterMode`` counts the same things).
 
-muP (DESIGN.md section 4): each core is initialized with the spectral scale of the rank-1
+muP (docs/design.md section 4): each core is initialized with the spectral scale of the rank-1
 expert (the second core's fan-in uses n_rho = 1), so every expert alone has the scale of a
 Monarch layer, and a gated sum of k experts (gates summing to 1) is no larger. Core learning
 rates follow the same per-expert fans (``mup_lr_multipliers``); the router keeps the plain rate.
@@ -50,10 +50,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_positive_int
+from .base import LayerCost, StructuredLinear, plan_core
 from .functional import crop_output, pad_input
-from .layers import LayerCost
 from .mup import width_multiplier
 from .plan import AxisSizes, EinsumPlan, make_plan
+from .replace import ReplacedLayer, StructurizeSummary, set_submodule
 from .theta import Theta
 
 __all__ = ["BTTMoELinear", "MoEFFN", "Router", "Routing", "aux_loss", "moeify", "router_aux_loss",
@@ -63,15 +65,10 @@ __all__ = ["BTTMoELinear", "MoEFFN", "Router", "Routing", "aux_loss", "moeify", 
 Z_LOSS_WEIGHT = 0.1
 
 
-def _positive_int(name: str, value: object, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return value
-
-
 def check_moe_args(num_experts: object, top_k: object, owner: str) -> tuple[int, int]:
-    num_experts = _positive_int("num_experts", num_experts, owner)
-    top_k = _positive_int("top_k", top_k, owner)
+    """(num_experts, top_k) if both are positive integers with top_k <= num_experts."""
+    num_experts = check_positive_int(num_experts, "num_experts", owner)
+    top_k = check_positive_int(top_k, "top_k", owner)
     if top_k > num_experts:
         raise ValueError(f"{owner}: top_k must be <= num_experts, got top_k={top_k} > num_experts={num_experts}")
     return num_experts, top_k
@@ -221,7 +218,7 @@ class _HoldsAuxLoss:
 
 
 # --------------------------------------------------------------------------- BTT-MoE
-class BTTMoELinear(_HoldsAuxLoss, nn.Module):
+class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
     """A BTT layer whose rank axis is a mixture of ``num_experts`` experts, gated per token.
 
     Args:
@@ -230,7 +227,7 @@ class BTTMoELinear(_HoldsAuxLoss, nn.Module):
         top_k: experts active per token (1 <= top_k <= num_experts).
         bias: add a learnable bias of shape (d_out,).
         einsum_norm: divide a core whose RMS exceeds its init scale by RMS / init scale, with a
-            learnable scalar gain per core (DESIGN.md section 4).
+            learnable scalar gain per core (docs/design.md section 4).
         zero_init: start the second core (B) at zero, so the layer outputs zero at init.
 
     Shapes: input (..., d_in) -> output (..., d_out). ``core_a`` has axes (alpha, gamma, delta,
@@ -253,43 +250,36 @@ class BTTMoELinear(_HoldsAuxLoss, nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        d_in = _positive_int("d_in", d_in, "BTTMoELinear")
-        d_out = _positive_int("d_out", d_out, "BTTMoELinear")
+        super().__init__(d_in, d_out, bias=bias, einsum_norm=einsum_norm)
         self.num_experts, self.top_k = check_moe_args(num_experts, top_k, "BTTMoELinear")
         #: plan of one expert (a rank-1 BTT, i.e. Monarch): sizes, padding and per-expert fans
         self.expert_plan: EinsumPlan = make_plan(Theta.btt(0.0), d_in, d_out)
         s = self.expert_plan.sizes
-        self.sizes = AxisSizes(s.alpha, s.beta, s.gamma, s.delta, s.epsilon, s.phi, self.num_experts)
-        self.einsum_norm, self.zero_init = bool(einsum_norm), bool(zero_init)
+        self._sizes = AxisSizes(s.alpha, s.beta, s.gamma, s.delta, s.epsilon, s.phi, self.num_experts)
+        self.zero_init = bool(zero_init)
         factory = {"device": device, "dtype": dtype}
         E = self.num_experts
         self.core_a = nn.Parameter(torch.empty(s.alpha, s.gamma, s.delta, s.phi, E, **factory))
         self.core_b = nn.Parameter(torch.empty(s.beta, s.gamma, s.epsilon, s.phi, E, **factory))
-        if einsum_norm:
-            self.gain_a = nn.Parameter(torch.ones((), **factory))
-            self.gain_b = nn.Parameter(torch.ones((), **factory))
-        self.bias = nn.Parameter(torch.zeros(d_out, **factory)) if bias else None
+        self._register_gains_and_bias(device, dtype)
         self.router = Router(d_in, E, self.top_k, **factory)
         self.aux_loss: Tensor | None = None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ basics
     @property
-    def d_in(self) -> int:
-        return self.expert_plan.d_in
+    def size_plan(self) -> EinsumPlan:
+        return self.expert_plan
 
     @property
-    def d_out(self) -> int:
-        return self.expert_plan.d_out
-
-    in_features = d_in
-    out_features = d_out
+    def sizes(self) -> AxisSizes:
+        """Axis sizes of the cores: the expert plan's, with rho = num_experts."""
+        return self._sizes
 
     def fans(self, core: str) -> tuple[int, int]:
         """(fan_in, fan_out) of ``core_a`` / ``core_b`` for ONE expert (n_rho = 1), A first."""
         s = self.sizes
-        if core[-1].upper() == "A":
+        if plan_core(core) == "A":
             return s.alpha, s.delta * s.phi
         return s.beta * s.gamma, s.epsilon
 
@@ -315,36 +305,14 @@ class BTTMoELinear(_HoldsAuxLoss, nn.Module):
         self.core_b.normal_(0.0, self.init_std("core_b"))
         if self.zero_init:
             self.core_b.zero_()
-        if self.bias is not None:
-            self.bias.zero_()
-        if self.einsum_norm:
-            self.gain_a.fill_(1.0)
-            self.gain_b.fill_(1.0)
+        self._reset_gains_and_bias()
         self.router.weight.zero_()
 
-    def effective_cores(self) -> tuple[Tensor, Tensor]:
-        """Cores as used in the forward pass (after the optional einsum norm)."""
-        a, b = self.core_a, self.core_b
-        if self.einsum_norm:
-            # (RMS / init scale)^2 clamped before the root: a zero core gets a finite gradient
-            a = a * (self.gain_a * torch.clamp(a.pow(2).mean() / self.init_std("core_a") ** 2, min=1.0).rsqrt())
-            b = b * (self.gain_b * torch.clamp(b.pow(2).mean() / self.init_std("core_b") ** 2, min=1.0).rsqrt())
-        return a, b
-
     # ----------------------------------------------------------------- forward
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.d_in:
-            raise ValueError(f"BTTMoELinear expected input of width d_in={self.d_in} in its last "
-                             f"dimension, got shape {tuple(x.shape)}")
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.d_in)
-        n = x2.shape[0]
+    def _forward_2d(self, x2: Tensor) -> Tensor:
         routing = self.router(x2)
         self.aux_loss = routing.aux
-        y = crop_output(self._experts(pad_input(x2, self.expert_plan), _dispatch(routing)), self.expert_plan)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*lead, self.d_out)
+        return crop_output(self._experts(pad_input(x2, self.expert_plan), _dispatch(routing)), self.expert_plan)
 
     def _experts(self, xp: Tensor, groups: list[tuple[int, Tensor, Tensor]]) -> Tensor:
         """(n, d_out_padded): the gated sum of the active experts, from ``_dispatch`` groups.
@@ -411,23 +379,21 @@ class BTTMoELinear(_HoldsAuxLoss, nn.Module):
     def cost(self) -> LayerCost:
         """Real per-token cost; ``core_params`` counts the cores and the router, ``flops`` is active."""
         weights = self.core_a.numel() + self.core_b.numel() + self.router.weight.numel()
+        dense_params, dense_flops = self._dense_cost()
         return LayerCost(
             params=sum(p.numel() for p in self.parameters()),
             core_params=weights,
             flops=self.flops_per_token(),
-            dense_params=self.d_in * self.d_out,
-            dense_flops=2 * self.d_in * self.d_out,
+            dense_params=dense_params,
+            dense_flops=dense_flops,
         )
 
-    def extra_repr(self) -> str:
-        s, p = self.sizes, self.expert_plan
-        pad = f", padded=({p.d_in_padded}->{p.d_out_padded})" if p.is_padded else ""
-        return (f"d_in={self.d_in}, d_out={self.d_out}, num_experts={self.num_experts}, top_k={self.top_k}, "
-                f"sizes=[alpha={s.alpha} beta={s.beta} gamma={s.gamma} | delta={s.delta} "
-                f"epsilon={s.epsilon} phi={s.phi} | rho={s.rho}]{pad}, bias={self.bias is not None}"
-                + (", einsum_norm=True" if self.einsum_norm else "")
-                + (", zero_init=True" if self.zero_init else "")
-                + f", active_flops/token={self.flops_per_token():,}")
+    def _repr_head(self) -> list[str]:
+        return [f"num_experts={self.num_experts}", f"top_k={self.top_k}"]
+
+    def _repr_tail(self) -> list[str]:
+        return ((["zero_init=True"] if self.zero_init else [])
+                + [f"active_flops/token={self.flops_per_token():,}"])
 
 
 # --------------------------------------------------------------------------- FFN MoE
@@ -450,8 +416,8 @@ class MoEFFN(_HoldsAuxLoss, nn.Module):
                  zero_init: bool = False, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.width = _positive_int("width", width, "MoEFFN")
-        self.hidden_mult = _positive_int("hidden_mult", hidden_mult, "MoEFFN")
+        self.width = check_positive_int(width, "width", "MoEFFN")
+        self.hidden_mult = check_positive_int(hidden_mult, "hidden_mult", "MoEFFN")
         self.num_experts, self.top_k = check_moe_args(num_experts, top_k, "MoEFFN")
         self.hidden = self.hidden_mult * self.width
         self.zero_init = bool(zero_init)
@@ -524,7 +490,7 @@ def aux_loss(model: nn.Module) -> Tensor:
     return torch.zeros((), device=param.device if param is not None else None)
 
 
-def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2):
+def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2) -> StructurizeSummary:
     """Replace every feed-forward block of ``model`` (a module with ``is_ffn = True`` and dense
     ``fc`` / ``proj`` layers, like the GPT MLP of ``einsearch.search.models``) with ``MoEFFN``.
 
@@ -533,8 +499,6 @@ def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2):
     MLP's did. Returns a ``StructurizeSummary`` (params counted over all experts plus router;
     FLOPs per token are the active ones).
     """
-    from .convert import ReplacedLayer, StructurizeSummary, _set_submodule
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     num_experts, top_k = check_moe_args(num_experts, top_k, "moeify")
@@ -555,7 +519,7 @@ def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2):
         new = MoEFFN(width, num_experts, top_k, hidden // width,
                      zero_init=bool((proj.weight.detach() == 0).all()),
                      device=fc.weight.device, dtype=fc.weight.dtype)
-        _set_submodule(model, name, new)
+        set_submodule(model, name, new)
         summary.layers.append(ReplacedLayer(
             name=name, kind=type(mlp).__name__, d_in=width, d_out=width,
             params_before=2 * width * hidden, params_after=sum(p.numel() for p in new.parameters()),

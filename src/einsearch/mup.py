@@ -1,6 +1,6 @@
 """muP for structured layers: per-parameter Adam learning rates as plain param groups.
 
-Rules (DESIGN.md section 4):
+Rules (docs/design.md section 4):
 
 - a core of an ``EinsumLinear`` gets ``lr * (d_in / core_fan_in) / num_cores``;
 - a weight whose fan-in grows with the model's width (hidden layers and the readout) is
@@ -19,6 +19,8 @@ from collections import OrderedDict
 
 from torch import nn
 
+from ._checks import check_positive_float, check_positive_int
+from ._compat import conv1d_type
 from .layers import EinsumLinear
 
 __all__ = ["param_groups", "lr_multipliers", "width_multiplier"]
@@ -31,19 +33,10 @@ def width_multiplier(fan_in: int, width: int | None, base_width: int | None) -> 
     return base_width / width if fan_in % width == 0 else 1.0
 
 
-def _conv1d_type() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except Exception:  # transformers is optional
-        return None
-    return Conv1D
-
-
 def lr_multipliers(model: nn.Module, base_width: int | None = None, width: int | None = None) -> dict[str, float]:
     """Parameter name -> learning-rate multiplier for every trainable parameter of ``model``."""
     if base_width is not None:
-        if isinstance(base_width, bool) or not isinstance(base_width, int) or base_width <= 0:
-            raise ValueError(f"base_width must be a positive integer, got {base_width!r}")
+        check_positive_int(base_width, "base_width", "param_groups")
         if width is None:
             width = getattr(model, "width", None)
             if width is None:
@@ -51,9 +44,8 @@ def lr_multipliers(model: nn.Module, base_width: int | None = None, width: int |
                     "param_groups(base_width=...) needs the model's width: pass width=... or give "
                     f"the model a `width` attribute ({type(model).__name__} has none)"
                 )
-        if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-            raise ValueError(f"width must be a positive integer, got {width!r}")
-    conv1d = _conv1d_type()
+        check_positive_int(width, "width", "param_groups")
+    conv1d = conv1d_type()
     mults: dict[str, float] = {}
     for mod_name, module in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""
@@ -65,7 +57,8 @@ def lr_multipliers(model: nn.Module, base_width: int | None = None, width: int |
     return mults
 
 
-def _module_multipliers(module: nn.Module, base_width, width, conv1d) -> dict[str, float]:
+def _module_multipliers(module: nn.Module, base_width: int | None, width: int | None,
+                        conv1d: type | None) -> dict[str, float]:
     if isinstance(module, EinsumLinear):
         wm = width_multiplier(module.d_in, width, base_width)
         return {core: module.lr_multiplier(core) * wm for core in module.core_names()}
@@ -96,8 +89,7 @@ def param_groups(
         A list of ``{"params": [...], "lr": float, "names": [...]}``, one per distinct rate;
         every trainable parameter appears exactly once.
     """
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    check_positive_float(lr, "lr", "param_groups")
     mults = lr_multipliers(model, base_width, width)
     groups: "OrderedDict[float, dict]" = OrderedDict()
     seen: set[int] = set()
