@@ -1,4 +1,4 @@
-"""BTT-MoE and the FFN-MoE baseline against their contract (DESIGN.md section 5)."""
+"""BTT-MoE and the FFN-MoE baseline against their contract (docs/design.md section 5)."""
 
 from __future__ import annotations
 

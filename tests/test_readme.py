@@ -42,3 +42,8 @@ def test_cited_design_sections_exist():
     for path in [README, *ROOT.glob("src/**/*.py"), *ROOT.glob("tests/**/*.py"), *ROOT.glob("benchmarks/**/*.py")]:
         for section in re.findall(r"docs/design\.md,? sections? (\d+)", path.read_text()):
             assert section in headings, f"{path.relative_to(ROOT)} cites docs/design.md section {section}"
+
+
+def test_no_citation_of_a_design_file_outside_the_repository():
+    for path in [README, *ROOT.glob("src/**/*.py"), *ROOT.glob("tests/**/*.py"), *ROOT.glob("benchmarks/**/*.py")]:
+        assert "DESIGN" + ".md" not in path.read_text(), f"{path.relative_to(ROOT)} cites the outside design file"

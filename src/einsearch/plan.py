@@ -84,7 +84,7 @@ class EinsumPlan:
         first: ``"A"`` or ``"B"``, the core contracted with x first (the cheaper order).
         eq_first, eq_second: the two einsum strings of the forward pass.
         shape_a, shape_b: core shapes (axes ``agdfr`` and ``bgefr``).
-        fan_in_a, fan_out_a, fan_in_b, fan_out_b: per-core fans (DESIGN.md section 4).
+        fan_in_a, fan_out_a, fan_in_b, fan_out_b: per-core fans (docs/design.md section 4).
         macs_first, macs_second: multiply-adds per token of each step (0 for a trivial core).
         params: trainable core parameters (a single-entry core is a constant, not counted).
     """

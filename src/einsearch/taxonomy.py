@@ -1,4 +1,4 @@
-"""Closed-form taxonomy and cost of a theta (DESIGN.md section 3).
+"""Closed-form taxonomy and cost of a theta (docs/design.md section 3).
 
 All quantities are for the square case d_in = d_out = d and are computed on the canonical
 form of theta. FLOPs are 2 x multiply-adds, the convention of ``torch.utils.flop_counter``.

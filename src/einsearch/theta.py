@@ -6,7 +6,7 @@ A layer maps x (d_in) to y (d_out). x is reshaped into axes (alpha, beta, gamma)
     y[d, e, f] = sum_{a, b, g, r} A[a, g, d, f, r] * B[b, g, e, f, r] * x[a, b, g]
 
 Each exponent says how large its axis is: n_alpha ~ d_in**alpha, n_delta ~ d_out**delta,
-n_rho ~ min(d_in, d_out)**rho. See DESIGN.md section 2.
+n_rho ~ min(d_in, d_out)**rho. See docs/design.md section 2.
 """
 
 from __future__ import annotations

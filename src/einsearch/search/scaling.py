@@ -1,4 +1,4 @@
-r"""Compute-optimal scaling laws and compute multipliers (DESIGN.md section 6).
+r"""Compute-optimal scaling laws and compute multipliers (docs/design.md section 6).
 
 Notation. A *run* is one training curve: points (C, L) of cumulative training FLOPs C and loss
 L, logged along the run. A *structure* S has many runs (widths x seeds x learning rates).

@@ -1,4 +1,4 @@
-"""One training run as a pure function of a config (DESIGN.md section 6).
+"""One training run as a pure function of a config (docs/design.md section 6).
 
     config -> task -> model(width, seed) -> structurize(structure) -> AdamW(muP param groups)
            -> warmup + constant (or cosine) LR -> (compute, loss) logged along the whole curve
@@ -84,7 +84,7 @@ class TrainConfig:
         steps, batch_size: optimizer updates and examples per update.
         warmup_steps, schedule: linear warmup over ``warmup_steps`` updates, then ``"constant"``
             or ``"cosine"`` (to 10% of the peak at the last step).
-        einsum_norm: normalise structured cores (DESIGN.md section 4).
+        einsum_norm: normalise structured cores (docs/design.md section 4).
         log_every, eval_batches: logging period in steps; held-out batches per eval (0 = none).
         log_points: ``None`` (log every ``log_every`` steps) or the number of log-spaced steps
             to log on (>= 2, the last step included; replaces ``log_every``).

@@ -1,4 +1,4 @@
-"""A small nanoGPT-shaped character language model (DESIGN.md section 6).
+"""A small nanoGPT-shaped character language model (docs/design.md section 6).
 
     tokens (B, T) -> token embedding + learned position embedding
                   -> depth x pre-LN block:  h = h + Attention(LN(h));  h = h + MLP(LN(h))

@@ -1,4 +1,4 @@
-"""Residual MLP student for the regression task (DESIGN.md section 6).
+"""Residual MLP student for the regression task (docs/design.md section 6).
 
     x (d_in) -> Linear(d_in -> w) -> GELU -> LayerNorm
              -> depth x [ h + Linear(4w -> w)(GELU(Linear(w -> 4w)(LayerNorm(h)))) ]

@@ -1,4 +1,4 @@
-"""Tasks: the problems a structure is trained on (DESIGN.md section 6).
+"""Tasks: the problems a structure is trained on (docs/design.md section 6).
 
 ``get_task("regression")`` (the embedded default) and ``get_task("charlm", data=path)``;
 ``register_task`` adds a new one. See ``base.Task`` for the interface.

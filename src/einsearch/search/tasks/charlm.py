@@ -1,4 +1,4 @@
-"""``charlm``: character-level language modelling with a small GPT (DESIGN.md section 6).
+"""``charlm``: character-level language modelling with a small GPT (docs/design.md section 6).
 
 Vocabulary: 96 tokens, newline (id 0) and the printable ASCII characters 32..126 (ids 1..95).
 Any other character (tab, non-ASCII, control characters) is mapped to ``REPLACEMENT`` (``?``)

@@ -1,4 +1,4 @@
-"""``regression``: fit a fixed random teacher MLP (the embedded default task, DESIGN.md section 6).
+"""``regression``: fit a fixed random teacher MLP (the embedded default task, docs/design.md section 6).
 
 Teacher: input dim 8, 6 hidden layers of width 1024, ReLU x sqrt(2), no biases, weights
 N(0, 1/fan_in) from a fixed seed, a scalar output standardized to mean 0, std 1 with constants
