@@ -86,12 +86,13 @@ def _get_task(task: str, options: tuple) -> Any:
     return get_task(task, **dict(options))
 
 
-def _meta_input(task: Any) -> Any:
+def _example_input(task: Any, device: str = "meta") -> Any:
+    """One example's input (zeros) on ``device``: FLOP counts depend only on its shape."""
     import torch
 
     shape = tuple(1 if d == -1 else d for d in task.input_spec.shape)
     dtype = torch.int64 if task.input_spec.dtype.startswith("int") else torch.get_default_dtype()
-    return torch.zeros(shape, dtype=dtype, device="meta")
+    return torch.zeros(shape, dtype=dtype, device=device)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -113,12 +114,12 @@ def _flops_cached(task_name: str, structure: str, width: int, options: tuple) ->
         cfg = TrainConfig(task=task_name, structure=structure, width=width,
                           **{k: v for k, v in opts.items() if v is not None or k == "depth"})
         _, model = build_model(cfg, task)
-        x = _meta_input(task).to("cpu")
+        x = _example_input(task, "cpu")
         fwd = count_forward_flops(model, x)
     else:
         with torch.device("meta"):
             model = task.build_model(width, seed=0)
-        fwd = count_forward_flops(model, _meta_input(task))
+        fwd = count_forward_flops(model, _example_input(task))
         for name, module in model.named_modules():
             if isinstance(module, nn.Linear) and task.structured_select(name, module):
                 d_in, d_out = module.in_features, module.out_features
