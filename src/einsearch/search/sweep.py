@@ -7,8 +7,9 @@ own YAML / TOML file with :func:`load_spec`. :func:`run_sweep` then
 1. writes the resolved spec to ``out_dir/spec.yaml``;
 2. opens ``out_dir/results.sqlite`` and skips every run already finished (or diverged) there,
    so a killed sweep restarted with the same command resumes where it stopped;
-3. trains the remaining runs in this process (``jobs=1``) or in ``jobs`` worker processes
-   ("spawn" context, one torch thread each). Only this (parent) process writes to the store,
+3. trains the remaining runs with an executor (:mod:`einsearch.search.executors`): in this
+   process (``jobs=1``), in ``jobs`` worker processes ("spawn" context, one torch thread
+   each) or as Ray tasks. Only this (parent) process writes to the store,
    one transaction per run, right after the run completes; a run whose trainer raises is logged
    and recorded as ``failed`` (retried by the next sweep) without stopping the others;
 4. calls :func:`einsearch.report.write_report`.
@@ -28,17 +29,12 @@ Spec file format (YAML; TOML with the same keys)::
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures as cf
-from concurrent.futures.process import BrokenProcessPool
 import dataclasses
 import logging
 import math
-import multiprocessing
 import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -422,11 +418,20 @@ def load_spec(preset_or_path: str | os.PathLike[str], **overrides: Any) -> Sweep
 def search(preset: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
            task: str | None = None, structures: list[str] | None = None,
            widths: list[int] | None = None, jobs: int = 1, show_progress: bool = True,
+           executor: str = "local", address: str | None = None,
            **train_overrides: Any) -> SweepOutcome:
-    """``einsearch search``: load ``preset`` (name or file), apply overrides, run, report."""
+    """``einsearch search``: load ``preset`` (name or file), apply overrides, run, report.
+
+    ``executor`` is ``"local"`` (``jobs`` worker processes) or ``"ray"`` (on the cluster at
+    ``address``, else a local one); see :mod:`einsearch.search.executors`.
+    """
+    from .executors import get_executor
+
     spec = load_spec(preset, task=task, structures=structures, widths=widths, **train_overrides)
     spec.check_buildable()  # every (structure, width) builds, before anything is written
-    return run_sweep(spec, out_dir, jobs=jobs, show_progress=show_progress)
+    # a bad executor name or an unreachable Ray address fails here, before anything is written
+    with get_executor(executor, jobs, address) as ex:
+        return run_sweep(spec, out_dir, jobs=jobs, show_progress=show_progress, executor=ex)
 
 
 def format_outcome(outcome: SweepOutcome) -> str:
@@ -487,26 +492,6 @@ def _default_train():
     return train
 
 
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # pragma: no cover - already set
-        pass
-
-
-def _run_one(config: Any, train_fn: Callable | None) -> tuple[str, Any, float]:
-    """Worker body: ("ok", RunResult, seconds) or ("failed", traceback text, seconds)."""
-    start = time.perf_counter()
-    try:
-        fn = train_fn or _default_train()
-        return "ok", fn(config), time.perf_counter() - start
-    except Exception:  # noqa: BLE001 - any trainer error becomes a recorded failure
-        return "failed", traceback.format_exc(limit=20), time.perf_counter() - start
-
-
 def _write_spec(spec: SweepSpec, out_dir: Path) -> None:
     import yaml
 
@@ -529,14 +514,22 @@ def _cost_key(cfg: Any) -> tuple:
 
 def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike[str], jobs: int = 1,
               show_progress: bool = True, *, train_fn: Callable | None = None,
-              report: bool = True, n_bootstrap: int = 200) -> SweepOutcome:
+              report: bool = True, n_bootstrap: int = 200,
+              executor: Any | None = None) -> SweepOutcome:
     """Run (or resume) ``spec`` into ``out_dir`` and write the report. See the module docstring.
 
     ``train_fn`` replaces ``einsearch.train.train`` (a module-level function, so that worker
-    processes can import it); ``report=False`` skips the report.
+    processes can import it); ``report=False`` skips the report. ``executor`` (an
+    :class:`einsearch.search.executors.Executor`) trains the runs; default
+    ``LocalExecutor(jobs)``. Whatever trains them, only this process writes the store.
     """
+    from .executors import LocalExecutor
+
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    own_executor = executor is None
+    if own_executor:
+        executor = LocalExecutor(jobs)
     t0 = time.perf_counter()
     configs = spec.configs()  # a bad spec fails here, before anything is written
     metas = {s: structure_meta(s) for s in spec.structures}
@@ -576,12 +569,16 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike[str], jobs: int = 1,
                     bar.set_postfix_str(f"{cfg.structure} w={cfg.width}: FAILED")
                 bar.update(1)
 
-            if jobs == 1:
-                _run_serial(todo, train_fn, record, bar)
-            else:
-                _run_parallel(todo, train_fn, record, jobs)
+            def progress(cfg: Any, step: int, loss: float) -> None:
+                bar.set_postfix_str(f"{cfg.structure} w={cfg.width} step {step}: "
+                                    f"loss={_fmt_loss(loss)}")
+
+            for res in executor.run(todo, train_fn, progress):
+                record(res.config, res.status, res.payload, res.seconds)
         finally:
             bar.close()
+            if own_executor:
+                executor.close()
     outcome.wall_time_s = time.perf_counter() - t0
     if report:
         from .report import write_report
@@ -611,83 +608,3 @@ def _progress_bar(total: int, initial: int, show: bool):
 
     return tqdm(total=total, initial=initial, unit="run", desc="sweep", file=sys.stderr,
                 dynamic_ncols=True)
-
-
-def _run_serial(todo: list, train_fn: Callable | None, record: Callable, bar: Any) -> None:
-    fn = train_fn or _default_train()
-    for cfg in todo:
-        def progress(step: int, loss: float, cfg=cfg) -> None:
-            bar.set_postfix_str(f"{cfg.structure} w={cfg.width} step {step}: "
-                                f"loss={_fmt_loss(loss)}")
-
-        start = time.perf_counter()
-        try:
-            result = fn(cfg, progress)
-        except Exception:  # noqa: BLE001
-            record(cfg, "failed", traceback.format_exc(limit=20), time.perf_counter() - start)
-            continue
-        record(cfg, "ok", result, time.perf_counter() - start)
-
-
-def _run_parallel(todo: list, train_fn: Callable | None, record: Callable, jobs: int) -> None:
-    """Keep ``jobs`` runs in flight in a pool of spawned workers.
-
-    A worker that dies (killed for memory, a segfault) breaks the whole pool and every run in
-    flight with it. Those runs become suspects: once the pool is replaced, each suspect is run
-    alone, so a second death is attributed to the right run (recorded ``failed``) and the
-    innocent ones finish normally.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    pending = collections.deque(todo)
-    suspects: collections.deque = collections.deque()
-
-    def new_pool() -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker)
-
-    pool = new_pool()
-    in_flight: dict[cf.Future, tuple[Any, float]] = {}
-    isolating = False
-    try:
-        while True:
-            if not in_flight and suspects:
-                cfg = suspects.popleft()
-                in_flight[pool.submit(_run_one, cfg, train_fn)] = (cfg, time.perf_counter())
-                isolating = True
-            elif not isolating:
-                while pending and len(in_flight) < jobs:
-                    cfg = pending.popleft()
-                    in_flight[pool.submit(_run_one, cfg, train_fn)] = (cfg, time.perf_counter())
-            if not in_flight:
-                break
-            finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
-            broken = False
-            for fut in finished:
-                cfg, start = in_flight.pop(fut)
-                try:
-                    status, payload, seconds = fut.result()
-                except BrokenProcessPool as err:
-                    broken = True
-                    if not isolating:
-                        log.warning("a worker process died while training %s w=%s (or a run "
-                                    "beside it); retrying the runs in flight one at a time",
-                                    cfg.structure, cfg.width)
-                        suspects.append(cfg)
-                        continue
-                    status, payload = "failed", f"worker process died: {err!r}"
-                    seconds = time.perf_counter() - start
-                except Exception as err:  # noqa: BLE001 - e.g. a result that cannot be pickled
-                    status, payload = "failed", "".join(traceback.format_exception(err))
-                    seconds = time.perf_counter() - start
-                record(cfg, status, payload, seconds)
-            if not in_flight:
-                isolating = False
-            if broken:
-                suspects.extend(cfg for cfg, _ in in_flight.values())
-                in_flight.clear()
-                isolating = False
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = new_pool()
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)

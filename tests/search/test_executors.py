@@ -1,0 +1,142 @@
+"""Executors: local in-process and worker pools give the same outcomes, a worker that dies is
+retried (and only its run is lost when it keeps dying), bad executor settings fail before
+anything runs, and run_sweep trains through any executor."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+import einsearch.search.sweep as sweep_mod
+from einsearch.search.executors import (LocalExecutor, RayExecutor, check_ray_address,
+                                        get_executor)
+from einsearch.search.store import ResultStore
+from einsearch.search.sweep import SweepSpec, run_sweep
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+from fake_runs import FakeTrainConfig, fake_train  # noqa: E402
+
+FAST = {"steps": 20, "warmup_steps": 0, "log_every": 1}
+
+
+def die_once_train(config, progress=None):
+    """Kill the worker process on the first attempt at a run (marker file absent), then train.
+
+    ``config.data`` is ``"die-once:DIR"``; the marker is DIR/<run_id>.
+    """
+    data = config.data or ""
+    if data.startswith("die-once:"):
+        marker = Path(data.split(":", 1)[1]) / config.run_id()
+        if not marker.exists():
+            marker.write_text("died")
+            os._exit(7)
+    return fake_train(config, progress)
+
+
+def _configs(structures=("dense", "btt", "low_rank"), widths=(16, 32), **train):
+    return [FakeTrainConfig(structure=s, width=w, **{**FAST, **train})
+            for s in structures for w in widths]
+
+
+def _losses(outcomes):
+    return {o.config.run_id(): [p.train_loss for p in o.payload.points] for o in outcomes}
+
+
+def test_serial_and_parallel_yield_every_run_with_identical_losses():
+    configs = _configs()
+    seen = []
+    with LocalExecutor(1) as ex:
+        serial = list(ex.run(configs, fake_train, lambda cfg, step, loss: seen.append(step)))
+    with LocalExecutor(2) as ex:
+        parallel = list(ex.run(configs, fake_train, lambda cfg, step, loss: seen.append(-1)))
+    for outs in (serial, parallel):
+        assert sorted(o.config.run_id() for o in outs) == sorted(c.run_id() for c in configs)
+        assert all(o.status == "ok" and o.attempts == 1 for o in outs)
+    assert _losses(serial) == _losses(parallel)
+    assert seen and -1 not in seen  # progress only from in-process training
+
+
+def test_worker_that_dies_once_is_retried(tmp_path):
+    (cfg,) = _configs(structures=("btt",), widths=(16,), data=f"die-once:{tmp_path}")
+    (out,) = LocalExecutor(2).run([cfg], die_once_train)
+    assert out.status == "ok", out.payload
+    assert (tmp_path / cfg.run_id()).read_text() == "died" and out.attempts == 2
+
+
+def test_worker_that_always_dies_loses_only_its_run():
+    configs = _configs(data="die", widths=(16,))
+    outs = {o.config.structure: o for o in LocalExecutor(2, max_retries=1).run(configs,
+                                                                             fake_train)}
+    assert outs["dense"].status == outs["low_rank"].status == "ok"
+    assert outs["btt"].status == "failed" and "worker process died" in outs["btt"].payload
+    # with the others, then alone (the death is charged to it), then one retry alone
+    assert outs["btt"].attempts == 3
+
+
+def test_trainer_exception_is_a_failed_outcome_not_retried():
+    configs = _configs(structures=("dense",), widths=(16,), data="boom")
+    (out,) = LocalExecutor(2).run(configs, fake_train)
+    assert out.status == "failed" and "synthetic failure" in out.payload and out.attempts == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(name="spark"), r"unknown executor 'spark'; expected one of local, ray"),
+    (dict(name="local", jobs=0), r"jobs must be a positive integer, got 0"),
+    (dict(name="local", address="127.0.0.1:6379"), r"--address .* is for the ray executor"),
+    (dict(name="ray", address="nohost"), r"--address must be 'HOST:PORT'"),
+])
+def test_bad_executor_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        get_executor(**kwargs)
+
+
+def test_unreachable_ray_address_fails_fast():
+    port = _free_port()  # nothing listens there
+    with pytest.raises(ValueError, match=rf"cannot reach a Ray cluster at address "
+                                         rf"'127.0.0.1:{port}'"):
+        get_executor("ray", address=f"127.0.0.1:{port}")
+    with pytest.raises(ValueError, match="cannot reach"):
+        check_ray_address(f"ray://127.0.0.1:{port}", timeout=0.5)
+    with pytest.raises(ValueError, match="num_cpus must be a positive integer"):
+        RayExecutor(num_cpus=0)
+
+
+@pytest.fixture
+def fake_config(monkeypatch):
+    monkeypatch.setattr(sweep_mod, "_train_config_cls", lambda: FakeTrainConfig)
+    return FakeTrainConfig
+
+
+def test_run_sweep_through_an_executor_retries_dead_workers(tmp_path, fake_config):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    spec = SweepSpec(task="regression", structures=["dense", "btt"], widths=[16, 32],
+                     train=dict(FAST, data=f"die-once:{marks}"))
+    with LocalExecutor(2) as ex:
+        out = run_sweep(spec, tmp_path / "run", show_progress=False, train_fn=die_once_train,
+                        executor=ex, report=False)
+    assert (out.finished, out.failed) == (4, 0)
+    with ResultStore(tmp_path / "run" / "results.sqlite") as st:
+        assert st.finished_run_ids() == {c.run_id() for c in spec.configs()}
+
+
+def test_sweep_search_rejects_bad_executor_before_writing(tmp_path):
+    from einsearch.search.sweep import search
+
+    with pytest.raises(ValueError, match="unknown executor"):
+        search("tiny", tmp_path / "out", executor="dask")
+    port = _free_port()
+    with pytest.raises(ValueError, match="cannot reach a Ray cluster"):
+        search("tiny", tmp_path / "out", executor="ray", address=f"127.0.0.1:{port}")
+    assert not (tmp_path / "out").exists()
