@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from einsearch import EinsumLinear, structurize
 from einsearch.attention import StructuredMultiheadAttention, disable_fused_paths, swap_attention
+from einsearch.convert import densify
 from einsearch.select import Selection, blocked_reason, find_readout, name_matches, tied_parameters
 
 
@@ -139,3 +141,123 @@ def test_disable_fused_paths_only_above_changed_modules():
     notes = disable_fused_paths(model, ["layers.1.linear1"])
     assert not model.use_nested_tensor and model.layers[1].activation_relu_or_gelu == 0
     assert model.layers[0].activation_relu_or_gelu == 1 and len(notes) == 2
+
+
+# ------------------------------------------------------------------ through structurize
+def _encoder(batch_first: bool = True) -> nn.TransformerEncoder:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=batch_first)
+    return nn.TransformerEncoder(layer, num_layers=2)
+
+
+def test_structurize_torch_encoder_runs_in_every_mode():
+    model = _encoder()
+    summary = structurize(model, "monarch", select="*")
+    names = [r.name for r in summary.layers]
+    assert "layers.0.self_attn.q_proj" in names and "layers.1.self_attn.out_proj" in names
+    assert "layers.0.linear1" in names and len(names) == 2 * 6
+    assert all(isinstance(model.layers[i].self_attn, StructuredMultiheadAttention) for i in range(2))
+    assert any("fast path off" in note for note in summary.notes)
+    x = torch.randn(3, 5, 16)
+    kpm = torch.zeros(3, 5, dtype=torch.bool)
+    kpm[0, -1] = True
+    for train in (True, False):
+        model.train(train)
+        for grad in (True, False):
+            with torch.set_grad_enabled(grad):
+                out = model(x, src_key_padding_mask=kpm)
+            assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_unselected_attention_keeps_its_out_proj_dense_with_a_reason():
+    model = _encoder()
+    summary = structurize(model, "monarch", select=["linear1", "linear2", "out_proj"], exclude="layers.1.*")
+    assert [r.name for r in summary.layers] == ["layers.0.self_attn.out_proj", "layers.0.linear1",
+                                                  "layers.0.linear2"]
+    assert type(model.layers[1].self_attn) is nn.MultiheadAttention
+    assert summary.skipped_reasons["layers.1.linear1"] == "matched by exclude="
+    assert "kept dense: layers.1.linear1 (matched by exclude=)" in str(summary)
+    model.eval()
+    with torch.no_grad():  # the encoder layer's fused path would read linear1.weight
+        assert model(torch.randn(2, 4, 16), src_key_padding_mask=torch.zeros(2, 4, dtype=torch.bool)).shape == (2, 4, 16)
+
+
+def test_out_proj_of_an_attention_that_cannot_be_swapped_stays_dense():
+    class Custom(nn.MultiheadAttention):
+        def forward(self, *args, **kwargs):
+            return super().forward(*args, **kwargs)
+
+    model = nn.Sequential(nn.Linear(8, 8))
+    model.attn = Custom(8, 2)
+    summary = structurize(model, "monarch", select="*")
+    assert [r.name for r in summary.layers] == ["0"]
+    assert "overrides nn.MultiheadAttention.forward" in summary.skipped_reasons["attn.out_proj"]
+    assert type(model.attn.out_proj) is not EinsumLinear
+
+
+def test_tied_readout_stays_tied():
+    import transformers
+
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=50, n_positions=16, n_embd=32, n_layer=1, n_head=2))
+    summary = structurize(model, "monarch", select="*")
+    assert "lm_head" in summary.skipped and "tied to" in summary.skipped_reasons["lm_head"]
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_default_selection_uses_the_declared_readout_and_notes_a_guess():
+    model = Net()
+    summary = structurize(model, "monarch")
+    assert summary.skipped == ["head"] and summary.skipped_reasons["head"].startswith("readout (heuristic")
+    assert any("guess" in n for n in summary.notes)
+    model = Net()
+    model.readout_name = "head"
+    summary = structurize(model, "monarch")
+    assert summary.skipped_reasons["head"] == "readout (declared: model.readout_name)"
+    assert not any("guess" in n for n in summary.notes)
+
+
+class _ReadsWeight(nn.Module):
+    """A parent that reads its child's weight directly: structurize cannot know it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.other = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.other(x @ self.proj.weight.T)
+
+
+def test_example_input_undoes_only_the_change_that_breaks_forward():
+    model = _ReadsWeight()
+    x = torch.randn(3, 8)
+    summary = structurize(model, "monarch", select="*", example_input=x)
+    assert [r.name for r in summary.layers] == ["other"] and isinstance(model.other, EinsumLinear)
+    assert type(model.proj) is nn.Linear
+    assert "forward on example_input failed" in summary.skipped_reasons["proj"]
+    assert model(x).shape == (3, 8)
+    with pytest.raises(ValueError, match="example_input does not run through the model even unchanged"):
+        structurize(_ReadsWeight(), "monarch", select="*", example_input=torch.randn(3, 5))
+
+
+def test_densify_restores_plain_modules_with_the_same_function():
+    model = _encoder().double()
+    model.eval()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    structurize(model, "monarch", select="*")
+    want = model(x)
+    summary = densify(model)
+    assert summary.layers == ["layers.0.self_attn", "layers.0.linear1", "layers.0.linear2",
+                              "layers.1.self_attn", "layers.1.linear1", "layers.1.linear2"]
+    assert not any(isinstance(m, (EinsumLinear, StructuredMultiheadAttention)) for m in model.modules())
+    torch.testing.assert_close(model(x), want, atol=1e-12, rtol=1e-12)
+
+
+def test_densify_leaves_an_moe_layer_with_a_reason():
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))
+    structurize(model, "btt_moe", select="0", num_experts=2)
+    summary = densify(model)
+    assert summary.layers == [] and "no single dense weight" in summary.skipped_reasons["0"]
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        densify("model")

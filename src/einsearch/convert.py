@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from torch import nn
 
+from .attention import StructuredMultiheadAttention
+from .guard import finish, prepare
 from .layers import EinsumLinear
-from .replace import ReplacedLayer, Select, StructurizeSummary, linear_layers
+from .replace import ReplacedLayer, Select, StructurizeSummary, linear_layers, set_submodule
 from .structures import StructureConfig, apply_structure, parse_structure, replace_linear_layers
 from .theta import Theta, resolve_structure
 
-__all__ = ["structurize", "StructurizeSummary", "ReplacedLayer", "linear_layers"]
+__all__ = ["structurize", "StructurizeSummary", "ReplacedLayer", "linear_layers", "densify", "DensifySummary"]
 
 PerLayer = Callable[[str, nn.Module], "Theta | str"]
 
@@ -21,7 +26,9 @@ def structurize(
     structure: Theta | str | StructureConfig | PerLayer,
     select: Select = None,
     *,
+    exclude: Select = None,
     fit: bool = False,
+    example_input: Any = None,
     **layer_kwargs: Any,
 ) -> StructurizeSummary:
     """Replace chosen linear layers of ``model`` in place with structured layers.
@@ -33,10 +40,18 @@ def structurize(
             (``einsearch.structures``), or a callable ``(name, module) -> Theta | str``
             choosing a theta per layer.
         select: which layers: a predicate ``(name, module) -> bool``, a glob pattern or a list
-            of patterns over module names. Default: all but the readout (the last linear layer).
+            of patterns over dotted module names (a pattern matches the name or any dotted
+            suffix: ``"q_proj"``, ``"layers.0.*"``; PEFT's ``target_modules``). Default: all
+            but the readout, as the model declares it (``is_readout = True`` on a module,
+            ``model.readout_name``, ``get_output_embeddings()``), else the last linear layer,
+            with a warning and a note (``einsearch.select``).
+        exclude: layers never to replace, in the same forms as ``select``.
         fit: keep a trained model's function: fit each new layer's cores to the old weight
             (``einsearch.fit.fit_to_dense``) and copy its bias, instead of a fresh init.
             The summary reports each layer's relative Frobenius error.
+        example_input: optional input for ``model(example_input)`` (a tensor, a tuple of
+            arguments or a dict of keyword arguments). After replacing, the model is run on it
+            (eval mode, no grad); any change the forward fails with is undone, with the reason.
         **layer_kwargs: passed to the new layers (e.g. ``einsum_norm=True``); for a structure
             kind given by name, its options (``num_experts``, ``top_k``) too.
     Returns:
@@ -52,6 +67,13 @@ def structurize(
     New layers are freshly initialized (structure-aware init); a layer whose weight was all
     zeros (zero-init residual output) gets ``zero_init=True``. Dtype and device follow the old
     layer.
+
+    Never a broken model: an ``nn.MultiheadAttention`` with a selected projection
+    (``<attn>.q_proj``, ``.k_proj``, ``.v_proj``, ``.out_proj``) first becomes the equivalent
+    ``einsearch.attention.StructuredMultiheadAttention``; a layer whose weight is tied to
+    another module or read directly by its parent stays dense; torch's fused transformer paths
+    are turned off above changed modules. ``summary.skipped_reasons`` says why each skipped
+    layer stayed dense and ``summary.notes`` what else was done (``einsearch.guard``).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -63,7 +85,10 @@ def structurize(
         def make(name: str, old: nn.Module, d_in: int, d_out: int, kwargs: dict[str, Any]) -> EinsumLinear:
             return EinsumLinear(d_in, d_out, resolve_structure(per_layer(name, old)), **kwargs)
 
-        return replace_linear_layers(model, make, "per-layer", select, fit=fit, **layer_kwargs)
+        def run(pick: Callable[[str, nn.Module], bool]) -> StructurizeSummary:
+            return replace_linear_layers(model, make, "per-layer", pick, fit=fit, **layer_kwargs)
+
+        return _guarded(model, run, select, exclude, example_input)
     config = parse_structure(structure)  # fails early on a bad name
     if isinstance(structure, str) and config.options:
         # a kind named by text takes its options from the keyword arguments; the first is required
@@ -72,4 +97,80 @@ def structurize(
             optional = f" (and optionally {', '.join(f'{o}=...' for o in rest)})" if rest else ""
             raise ValueError(f"structurize(model, {structure!r}) needs {first}=...{optional}")
         config = parse_structure(config, **{o: layer_kwargs.pop(o) for o in config.options if o in layer_kwargs})
-    return apply_structure(model, config, select, fit=fit, **layer_kwargs)
+    return _guarded(model, lambda pick: apply_structure(model, config, pick, fit=fit, **layer_kwargs),
+                    select, exclude, example_input)
+
+
+def _guarded(model: nn.Module, run: Callable[[Callable[[str, nn.Module], bool]], StructurizeSummary],
+             select: Select, exclude: Select, example_input: Any) -> StructurizeSummary:
+    """``run(predicate)`` between ``einsearch.guard.prepare`` and ``finish``."""
+    prepared = prepare(model, select, exclude)
+    try:
+        summary = run(prepared.predicate)
+    except Exception:
+        for name in prepared.swapped:  # a handler that refuses leaves the model as it was
+            set_submodule(model, name, prepared.original[name])
+        raise
+    finish(model, summary, prepared, example_input)
+    return summary
+
+
+# ----------------------------------------------------------------------------- densify
+@dataclass
+class DensifySummary:
+    """What ``densify`` turned back into dense layers, and what it could not (with reasons)."""
+
+    layers: list[str] = field(default_factory=list)
+    skipped_reasons: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"densify: {len(self.layers)} module(s) made dense, {len(self.skipped_reasons)} left structured"]
+        lines += [f"dense: {name}" for name in self.layers]
+        lines += [f"left: {name} ({why})" for name, why in self.skipped_reasons.items()]
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def densify(model: nn.Module) -> DensifySummary:
+    """Turn every structured layer of ``model`` back into ``nn.Linear``, in place (for export).
+
+    A layer with ``to_dense()`` (``EinsumLinear``) becomes ``nn.Linear(d_in, d_out)`` holding
+    the materialised (d_out, d_in) weight and the bias, so the model computes the same function
+    with plain torch modules. A ``StructuredMultiheadAttention`` whose projections all have a
+    dense weight becomes ``nn.MultiheadAttention`` again (else its projections are made dense
+    one by one). Layers with no single dense weight (``BTTMoELinear``: the output depends on
+    its router) are left as they are, with the reason in the summary. Dtype, device and
+    train/eval mode follow each layer.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    summary = DensifySummary()
+    for name, module in list(model.named_modules()):
+        if any(name.startswith(done + ".") for done in summary.layers):
+            continue  # inside an attention already rebuilt
+        if isinstance(module, StructuredMultiheadAttention):
+            reason = module.dense_reason()
+            if reason is None and name:
+                set_submodule(model, name, module.to_mha())
+                summary.layers.append(name)
+            continue
+        if isinstance(module, nn.Linear) or not hasattr(module, "core_a"):
+            continue  # not a structured layer
+        if not name:
+            summary.skipped_reasons["<model>"] = "the model itself is a structured layer: call to_dense() on it"
+            continue
+        if not callable(getattr(module, "to_dense", None)):
+            summary.skipped_reasons[name] = (f"{type(module).__name__} has no to_dense(): no single dense weight "
+                                             "(a mixture of experts' output depends on its router)")
+            continue
+        weight = module.to_dense().detach()
+        bias = getattr(module, "bias", None)
+        dense = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                          device=weight.device, dtype=weight.dtype)
+        dense.weight.copy_(weight)
+        if bias is not None:
+            dense.bias.copy_(bias)
+        dense.train(module.training)
+        set_submodule(model, name, dense)
+        summary.layers.append(name)
+    return summary

@@ -8,8 +8,8 @@ Imports only the layer classes, so ``convert``, ``moe`` and ``structures`` can a
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from torch import nn
 
@@ -42,6 +42,10 @@ class StructurizeSummary:
     structure: str
     layers: list[ReplacedLayer] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    #: why each skipped layer stayed dense (not selected, readout, weight read elsewhere, ...)
+    skipped_reasons: dict[str, str] = field(default_factory=dict)
+    #: what else structurize did or guessed (attention swaps, fused paths off, readout guess)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def params_before(self) -> int:
@@ -70,6 +74,8 @@ class StructurizeSummary:
                          + fit)
         lines.append(f"{'total':<40} {'':>12} {self.params_before:>10,}->{self.params_after:<10,} "
                      f"{self.flops_before:>11,}->{self.flops_after:<11,}")
+        lines += [f"kept dense: {name} ({self.skipped_reasons.get(name, 'not selected')})" for name in self.skipped]
+        lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
