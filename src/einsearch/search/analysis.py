@@ -56,7 +56,8 @@ T is the run's planned number of steps.
    outside [L_lo, L_hi] gives no headline). m is also given at 3 levels
    L_lo, sqrt(L_lo L_hi), L_hi; ``exponent`` = b_S, ``exponent_delta`` = b_S - b_dense
    (dense fitted in the same window; m is constant in L only when it is 0 and E = 0);
-   ``varies`` = max m / min m over the common range > 2.
+   ``varies`` = max m / min m over the common range > 2. Dense's own record: m = 1 exactly,
+   interval [1, 1], law fitted over its whole span.
 
 8. Interval. Stratified bootstrap over seeds: each replicate redraws, for every (structure,
    width), that width's seeds with replacement (every width kept), recomputes step 3's means
@@ -79,8 +80,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -358,7 +360,7 @@ def _frontier(groups: Mapping[int, _Group], means: Mapping[int, np.ndarray]) -> 
     lo = np.exp(np.concatenate([means[w] for w in ws]))
     wid = np.concatenate([np.full(groups[w].compute.size, w) for w in ws])
     half = np.concatenate([groups[w].first_half for w in ws])
-    f = pareto_frontier(c, lo)
+    f = pareto_frontier(c, lo)  # type: ignore[arg-type]  # arrays are fine: it calls np.asarray
     return FrontierPoints(f.compute, f.loss, wid[f.index], half[f.index])
 
 
@@ -849,7 +851,8 @@ def analyze(curves: Sequence[Curve], *, dense: str = "dense",
             r.multiplier_by_loss = [LossLevel(x.loss, x.multiplier, (float(a), float(b)))
                                     for x, a, b in zip(r.multiplier_by_loss, lv_lo, lv_hi)]
             g_lo, g_hi = np.nanpercentile(gr, q, axis=0)
-            r.band = MultiplierCurve(r.band.loss, r.band.multiplier, g_lo, g_hi)
+            if r.band is not None:
+                r.band = MultiplierCurve(r.band.loss, r.band.multiplier, g_lo, g_hi)
             d_lo, d_hi = np.percentile(db, q)
             r.exponent_delta_ci = (float(d_lo), float(d_hi))
 
