@@ -1,4 +1,9 @@
-"""The fast path (einsearch.fast) against the two-einsum reference: values and gradients."""
+"""The fast path (einsearch.fast) against the two-einsum reference: values and gradients.
+
+Every candidate program is checked on its own (not only the one the planner picks), also when
+its pooled buffers are reused across calls, across two forwards before one backward and across
+two layers of the same shape in one graph.
+"""
 
 import math
 import warnings
@@ -27,6 +32,13 @@ EXTRA_THETAS = {
 }
 ALL_THETAS = {**NAMED_STRUCTURES, **EXTRA_THETAS}
 SIZES = [(64, 64), (97, 97), (48, 80), (100, 36), (1, 5)]
+
+
+@pytest.fixture(autouse=True)
+def _planner(tmp_path):
+    """A measuring planner with a short budget and its cache in a temporary directory."""
+    yield fast.configure(mode="measure", budget_s=0.05, reps=1, cache_dir=tmp_path)
+    fast.configure(mode="measure", use_disk=False)
 
 
 def _cores(plan, dtype=f64, generator=None):
@@ -182,7 +194,7 @@ def test_block_structures_permute_only_x_and_y(theta):
     assert prog.dz1_layout == prog.b2.o_layout
     assert prog.f1.o_layout[-1] == "n"  # z is stored token-innermost
     # only x and y are permuted, and never with torch's slow strided permute kernel
-    assert max(prog.cost_forward, prog.cost_backward) < fast._PRICE_STRIDED * 1024
+    assert max(prog.cost_forward, prog.cost_backward) < fast.layout._PRICE_STRIDED * 1024
 
 
 def test_describe_is_one_line():
@@ -190,5 +202,99 @@ def test_describe_is_one_line():
     assert "\n" not in text and "x'=" in text
 
 
-def test_compile_is_off_by_default():
-    assert not fast.compile_enabled() or __import__("os").environ.get("EINSEARCH_COMPILE")
+def _plan_candidates(plan):
+    return [c for c in fast.candidates(plan) if c.name != "compiled_reference"]
+
+
+def _grads(fn, x, a, b, plan, dy):
+    y = fn(x, a, b, plan)
+    inputs = [t for t in (x, a, b) if t.requires_grad]
+    return y, torch.autograd.grad(y, inputs, dy)
+
+
+@pytest.mark.parametrize("d_in, d_out", [(64, 64), (97, 97), (48, 80)])
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_every_candidate_matches_reference(named_theta, d_in, d_out, n):
+    plan = make_plan(named_theta, d_in, d_out)
+    x = torch.randn(n, d_in, dtype=f64, requires_grad=True)
+    a, b = _cores(plan)
+    dy = torch.randn(n, d_out, dtype=f64)
+    y_ref, g_ref = _grads(einsum_linear_reference, x, a, b, plan, dy)
+    for cand in _plan_candidates(plan):
+        for _ in range(2):  # the second call runs on reused buffers
+            y, g = _grads(cand.run, x, a, b, plan, dy)
+            torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10, msg=cand.name)
+            for got, want in zip(g, g_ref):
+                torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=cand.name)
+
+
+@pytest.mark.parametrize("name", ["monarch", "btt", "kronecker", "tensor_train", "low_rank", "novel_b",
+                                  "monarch_swapped", "all_axes"])
+def test_saved_buffers_survive_two_forwards_before_one_backward(name):
+    """Two graphs alive at once (same shapes): the second forward must not overwrite what the
+    first saved for its backward, nor the first's output."""
+    plan = make_plan(ALL_THETAS[name], 64, 48)
+    a, b = _cores(plan)
+    for cand in _plan_candidates(plan):
+        xs = [torch.randn(9, 64, dtype=f64, requires_grad=True) for _ in range(2)]
+        ys = [cand.run(x, a, b, plan) for x in xs]
+        y_keep = [y.detach().clone() for y in ys]
+        dys = [torch.randn_like(y) for y in ys]
+        got = [torch.autograd.grad(y, [x, *[t for t in (a, b) if t.requires_grad]], dy)
+               for x, y, dy in zip(xs, ys, dys)]
+        for x, y, yk, dy, g in zip(xs, ys, y_keep, dys, got):
+            torch.testing.assert_close(y, yk, msg=cand.name)  # outputs were not overwritten
+            y_ref, g_ref = _grads(einsum_linear_reference, x, a, b, plan, dy)
+            torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10, msg=cand.name)
+            for u, v in zip(g, g_ref):
+                torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10, msg=cand.name)
+
+
+@pytest.mark.parametrize("name", ["monarch", "btt", "kronecker", "novel_a", "monarch_swapped"])
+def test_two_layers_of_one_shape_in_one_graph(name):
+    """y = f2(f1(x)) with identical shapes: both layers draw the same buffer sizes from the pool."""
+    plan = make_plan(ALL_THETAS[name], 64, 64)
+    cores = [_cores(plan), _cores(plan)]
+    x = torch.randn(16, 64, dtype=f64, requires_grad=True)
+    params = [t for ab in cores for t in ab if t.requires_grad]
+    dy = torch.randn(16, 64, dtype=f64)
+
+    def net(fn):
+        h = fn(x, *cores[0], plan)
+        h = h * 1.5  # something between the layers, like an activation
+        return fn(h, *cores[1], plan)
+
+    want = torch.autograd.grad(net(einsum_linear_reference), [x, *params], dy)
+    for cand in _plan_candidates(plan):
+        for _ in range(2):
+            got = torch.autograd.grad(net(cand.run), [x, *params], dy)
+            for u, v in zip(got, want):
+                torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10, msg=cand.name)
+
+
+def test_output_may_be_modified_in_place():
+    plan = make_plan(Theta.monarch(), 64, 64)
+    a, b = _cores(plan)
+    x = torch.randn(4, 64, dtype=f64, requires_grad=True)
+    for cand in _plan_candidates(plan):
+        y = cand.run(x, a, b, plan)
+        y.mul_(2.0)  # a view of an internal buffer would refuse this
+        g = torch.autograd.grad(y.sum(), x)[0]
+        want = torch.autograd.grad(2.0 * einsum_linear_reference(x, a, b, plan).sum(), x)[0]
+        torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-10, msg=cand.name)
+
+
+def test_pooled_buffers_are_reused_in_a_training_loop():
+    """A plain loop (no env var): after the first step, the fast path allocates nothing new."""
+    layer = EinsumLinear(256, 256, Theta.monarch(), bias=False)
+    opt = torch.optim.SGD(layer.parameters(), lr=1e-3)
+    x = torch.randn(32, 256)
+    for cand in ("block_transpose", "layout"):
+        steps = []
+        for _ in range(3):
+            before = fast.POOL.stats()["misses"]
+            opt.zero_grad(set_to_none=True)
+            fast.candidate(cand).run(x, *layer.effective_cores(), layer.plan).square().sum().backward()
+            opt.step()
+            steps.append(fast.POOL.stats()["misses"] - before)
+        assert steps[-1] == 0, (cand, steps)

@@ -1,10 +1,9 @@
-"""Fast forward/backward paths for EinsumLinear: batched GEMMs over planned memory layouts.
+"""The layout-search candidate: batched GEMMs over memory layouts chosen by a search.
 
-``einsum_linear(x, a, b, plan)`` equals ``functional.einsum_linear_reference`` (values and
-gradients w.r.t. x, a, b) for every plan. The reference runs two ``torch.einsum`` calls, each
-of which permutes its operands into bmm form (copies of the activations) and returns a permuted
-view, so the next step copies again; autograd's backward copies once more. Here every plan gets
-a *program*, found once per plan by a small search over memory layouts (``program(plan)``):
+One of the candidate programs the planner (``fast/planner.py``) times; see docs/design.md
+section 8. ``run(x, a, b, plan)`` equals ``functional.einsum_linear_reference`` (values and
+gradients w.r.t. x, a, b) for every plan. Every plan gets a *program*, found once per plan by a
+small search over memory layouts (``program(plan)``):
 
 * Each of the six GEMMs (two forward; per step one activation gradient and one core gradient)
   is ``out[B, M, N] = L[B, M, K] @ R[B, K, N]`` over named axes, where B is the step's shared
@@ -12,32 +11,22 @@ a *program*, found once per plan by a small search over memory layouts (``progra
   may serve as B (a batch of small per-token GEMMs with the core broadcast), which reads x in
   place where a single GEMM would first need a permuted copy (Kronecker, tensor-train).
 * An activation stored in a given axis order can be handed to BLAS without a copy iff each of
-  B, M, K is a consecutive run of axes and B is not innermost. GEMM *outputs* are always
-  allocated contiguous as ``[B, M, N]`` or ``[B, N, M]`` (MKL's batched GEMM needs a
-  contiguous result; a strided ``out=`` falls back to one GEMM per block at half the speed).
-* The forward and the backward chains choose their layouts independently: x' (x permuted),
-  z (step-1 output), z2 (what step 2 reads: z itself unless a permute is unavoidable), y'
-  (step-2 output) and dy', dz, dx'. The search minimizes a cost in activation elements moved:
-  each permute at its measured price (a copy that keeps the innermost axis ~1x memcpy, a
-  per-token transpose ~2.3x, anything that moves the token axis is done in two such steps,
-  torch's own strided permute kernel being 10-25x memcpy), plus small penalties for GEMM inputs
-  whose block axis is not outermost and for per-token weight gradients (reduced through a
-  temporary). For BTT / Monarch the forward reads x' = x per token transposed, writes
-  z as ``[gamma, rho, phi, n]`` (token innermost) which step 2 reads in place, and permutes
-  y' ``[phi, n, epsilon]`` back to y; the backward mirrors it. Those permutes of x and y are
-  the minimum: the block axis gamma (phi) is the fastest-varying axis of x (y), and BLAS needs
-  it outermost.
-* Cores are small: they are permuted into bmm-ready ``[B, K, N]`` layouts on every call.
+  B, M, K is a consecutive run of axes and B is not innermost. GEMM *outputs* are contiguous as
+  ``[B, M, N]`` or ``[B, N, M]``, written with ``out=`` into buffers from the pool
+  (``fast/buffers.py``).
+* The forward and the backward chains choose their layouts independently; the search minimizes
+  an *estimated* cost in activation elements moved (permute prices and GEMM-layout penalties,
+  below). Those prices are an estimate-mode heuristic only: they were measured once on another
+  CPU (AVX-512) and rank layouts without timing anything. In ``measure`` mode the planner times
+  the program they pick against the other candidates on the machine at hand and keeps whichever
+  is fastest, so no constant here decides anything unmeasured.
 * A custom ``autograd.Function`` saves x' and z2 (nothing is recomputed) and runs the four
   backward GEMMs over the same strided views.
 * Special cases fall out of the search: a trivial (single-entry) core is one ``mm``; low rank is
   two plain GEMMs; Kronecker and tensor-train read and write every activation in place.
 
-Permutes run in eager PyTorch by default. ``set_compile(True)`` (or ``EINSEARCH_COMPILE=1``)
-swaps in ``torch.compile``-generated permute kernels (near memcpy speed; needs a working C++
-toolchain, compiles once per pattern, falls back to eager on any failure); it is never required.
 Double backward (``create_graph=True``) recomputes the first-order gradient through the
-reference path. Under autocast, or for mixed dtypes, the reference path is used.
+reference path.
 """
 
 from __future__ import annotations
@@ -45,26 +34,24 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import os
-import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .functional import crop_output, einsum_linear_reference, pad_input
-from .plan import EQ_A, EQ_B, EinsumPlan
+from ..functional import crop_output, einsum_linear_reference, pad_input
+from ..plan import EQ_A, EQ_B, EinsumPlan
+from .buffers import POOL
 
-__all__ = ["einsum_linear", "program", "describe", "Program", "GemmSpec", "set_compile",
-           "compile_enabled", "tune_cpu_allocator"]
+__all__ = ["run", "program", "describe", "Program", "GemmSpec"]
 
 TOKEN = "n"
 _X_AXES = "nabg"
 _Y_AXES = "ndef"
 
-# --------------------------------------------------------------------------- cost model
-# Prices in units of "one element copied" (read + write), measured on 2 cores (AVX-512) with
-# 2048 tokens: contiguous copy 1.0; a permute keeping the innermost axis ~1.1; a per-token
+# --------------------------------------------------------------------------- estimate heuristic
+# ESTIMATE-MODE HEURISTIC (not a measurement of this machine): prices in units of "one element
+# copied" (read + write), measured once on another CPU (2 cores, AVX-512) with 2048 tokens: contiguous copy 1.0; a permute keeping the innermost axis ~1.1; a per-token
 # transpose ~2.3; a large 2-D transpose ~6 (torch's blocked kernel is single-threaded); any
 # other strided permute 10-25.
 _PRICE_BLOCK = 1.1
@@ -72,8 +59,7 @@ _PRICE_BLOCK_SMALL_CHUNK = 3.0
 _PRICE_PER_TOKEN = 2.3
 _PRICE_2D = 6.0
 _PRICE_STRIDED = 15.0
-_PRICE_COMPILED = 1.4         # torch.compile'd permute kernels, any pattern
-# Extra time of a batched GEMM over its best operand layouts, in copies of its operands
+# (Estimate heuristic, as above.) Extra time of a batched GEMM over its best operand layouts, in copies of its operands
 # (average of input and output sizes), by the memory order of the runs of the batch axes B,
 # rows M and the contracted (K) or produced (N) axes of each activation operand. Measured
 # with 32 blocks of 32 x 32 and 2048 tokens. "MBK" (the batch in the middle: short rows far
@@ -93,19 +79,6 @@ _PENALTY_UNKNOWN = 0.5
 _PENALTY_REDUCE_TEMP = 1.0    # per-token core gradient: per temp element written and read
 _REDUCE_CHUNK_ELEMS = 1 << 20  # temp elements per chunk of the per-token core gradient
 
-_COMPILE = os.environ.get("EINSEARCH_COMPILE", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
-def set_compile(enabled: bool) -> None:
-    """Use ``torch.compile``'d permute kernels (True) or eager ones (False, the default)."""
-    global _COMPILE
-    _COMPILE = bool(enabled)
-
-
-def compile_enabled() -> bool:
-    return _COMPILE
-
-
 # ============================================================================ layouts
 def _prod(xs) -> int:
     return math.prod(xs)
@@ -124,7 +97,7 @@ def _groups_of(src: str, dst: str) -> tuple[list[str], list[str]]:
     return groups, dst_groups
 
 
-def _direct_price(src_g: list[str], dst_g: list[str], gsize: dict[str, int], compiled: bool) -> float:
+def _direct_price(src_g: list[str], dst_g: list[str], gsize: dict[str, int]) -> float:
     """Price per element of one permute-copy between super-axis orders.
 
     torch's copy kernel walks the output in order with scalar loads. It runs near memcpy speed
@@ -135,8 +108,6 @@ def _direct_price(src_g: list[str], dst_g: list[str], gsize: dict[str, int], com
     """
     if src_g == dst_g:
         return 0.0
-    if compiled:
-        return _PRICE_COMPILED
     if src_g[-1] == dst_g[-1]:
         return _PRICE_BLOCK if gsize[src_g[-1]] >= 16 else _PRICE_BLOCK_SMALL_CHUNK
     # Output elements written between two uses of a source line: the output axes inside
@@ -154,7 +125,7 @@ def _direct_price(src_g: list[str], dst_g: list[str], gsize: dict[str, int], com
 
 
 @functools.lru_cache(maxsize=65536)
-def _price(src: str, dst: str, sizes: tuple[tuple[str, int], ...], compiled: bool) -> float:
+def _price(src: str, dst: str, sizes: tuple[tuple[str, int], ...]) -> float:
     """Price per element of one permute-copy step from ``src`` to ``dst`` order (torch's kernel).
 
     A permute could also run as a batched GEMM with an identity matrix (MKL transposes small
@@ -165,20 +136,20 @@ def _price(src: str, dst: str, sizes: tuple[tuple[str, int], ...], compiled: boo
     sg, dg = _groups_of(src, dst)
     size = dict(sizes)
     gsize = {g: _prod(size.get(ax, 1) for ax in g) for g in sg}
-    return _direct_price(sg, dg, gsize, compiled)
+    return _direct_price(sg, dg, gsize)
 
 
 @functools.lru_cache(maxsize=65536)
-def _relayout_path(src: str, dst: str, sizes: tuple[tuple[str, int], ...], compiled: bool) -> tuple[float, tuple[str, ...]]:
+def _relayout_path(src: str, dst: str, sizes: tuple[tuple[str, int], ...]) -> tuple[float, tuple[str, ...]]:
     """Cheapest way to permute ``src`` into ``dst``: (price per element, layouts visited)."""
     if src == dst:
         return 0.0, (src,)
 
     def price(s: str, d: str) -> float:
-        return _price(s, d, sizes, compiled)
+        return _price(s, d, sizes)
 
     best = (price(src, dst), (src, dst))
-    if compiled or best[0] <= _PRICE_PER_TOKEN:
+    if best[0] <= _PRICE_PER_TOKEN:
         return best
     # Two cheap steps: a per-token transpose (token axis outermost) and a permute that keeps
     # the innermost axis, in either order.
@@ -250,7 +221,6 @@ class Program:
     b1: GemmSpec | None = None    # dx' = dz1 C1^T
     z2_layout: str = ""           # z as step 2 reads it
     dz1_layout: str = ""          # dz as step 1's backward reads it
-    compiled: bool = False
     cost_forward: float = 0.0     # elements moved per token (price-weighted)
     cost_backward: float = 0.0
 
@@ -308,7 +278,7 @@ def _outputs(batch: str, m_order: str, other: frozenset) -> list[tuple[str, str]
 
 
 @functools.lru_cache(maxsize=4096)
-def _program(plan: EinsumPlan, compiled: bool) -> Program:
+def _program(plan: EinsumPlan) -> Program:
     s = plan.sizes.as_dict()
     sizes = {"a": s["alpha"], "b": s["beta"], "g": s["gamma"], "d": s["delta"],
              "e": s["epsilon"], "f": s["phi"], "r": s["rho"]}
@@ -331,8 +301,8 @@ def _program(plan: EinsumPlan, compiled: bool) -> Program:
 
     def relayout(src: str, dst: str, direct: bool = False) -> float:
         if direct:
-            return 0.0 if src == dst else _price(src, dst, size_key, compiled)
-        return _relayout_path(src, dst, size_key, compiled)[0]
+            return 0.0 if src == dst else _price(src, dst, size_key)
+        return _relayout_path(src, dst, size_key)[0]
 
     best: tuple | None = None
     for bt1, M1, K1, N1 in _step_options(x_axes, c1_axes, z_axes):
@@ -357,7 +327,7 @@ def _program(plan: EinsumPlan, compiled: bool) -> Program:
     _, cf, cb, (f1, f2, b2, b1, z2_layout, dz1_layout) = best
     return Program(kind="two_step", sizes=sz, core1=core1, x_axes=x_axes, z_axes=z_axes, y_axes=y_axes,
                    f1=f1, f2=f2, b2=b2, b1=b1, z2_layout=z2_layout, dz1_layout=dz1_layout,
-                   compiled=compiled, cost_forward=cf, cost_backward=cb)
+                   cost_forward=cf, cost_backward=cb)
 
 
 def _run_class(layout: str, groups: dict[str, str | frozenset]) -> str:
@@ -459,7 +429,7 @@ def _search(bt1, M1, K1, N1, bt2, M2, K2, N2, m1, m2, x_axes, z_axes, y_axes, x_
 
 def program(plan: EinsumPlan) -> Program:
     """The (cached) program that runs ``plan``: layouts, GEMM shapes, expected copy cost."""
-    return _program(plan, _COMPILE)
+    return _program(plan)
 
 
 def describe(plan: EinsumPlan) -> str:
@@ -480,44 +450,38 @@ def describe(plan: EinsumPlan) -> str:
 
 
 # ============================================================================ relayouts
-_COMPILED_PERMUTE = None
+def _relayout(t: Tensor, src: str, dst: str, shape: dict[str, int], out: Tensor | None = None) -> Tensor:
+    """Copy ``t`` (contiguous in ``src`` order) into a contiguous tensor in ``dst`` order.
 
-
-def _permute_copy(t: Tensor, perm: list[int]) -> Tensor:
-    return t.permute(perm).contiguous()
-
-
-def _compiled_permute():
-    global _COMPILED_PERMUTE
-    if _COMPILED_PERMUTE is None:
-        _COMPILED_PERMUTE = torch.compile(_permute_copy, dynamic=True)
-    return _COMPILED_PERMUTE
-
-
-def _relayout(t: Tensor, src: str, dst: str, shape: dict[str, int], compiled: bool) -> Tensor:
-    """Copy ``t`` (contiguous in ``src`` order) into a contiguous tensor in ``dst`` order."""
+    The result is a pool buffer shaped by the axes of ``dst`` (or ``out``, any contiguous
+    tensor of the same size, when given); with ``src == dst`` and no ``out``, a view of ``t``.
+    """
     if src == dst:
-        return t.view([shape[ax] for ax in dst])
+        v = t.view([shape[ax] for ax in dst])
+        if out is None:
+            return v
+        out.view(v.shape).copy_(v)
+        return out
     key = tuple(sorted((ax, 2048 if ax == TOKEN else v) for ax, v in shape.items()))
-    _, path = _relayout_path(src, dst, key, compiled)
-    for s, d in zip(path[:-1], path[1:]):
+    _, path = _relayout_path(src, dst, key)
+    steps = list(zip(path[:-1], path[1:]))
+    for i, (s, d) in enumerate(steps):
         sg, dg = _groups_of(s, d)
         v = t.view([_prod(shape[ax] for ax in g) for g in sg])
         perm = [sg.index(g) for g in dg]
-        if compiled:
-            try:
-                t = _compiled_permute()(v, perm)
-                continue
-            except Exception as exc:  # pragma: no cover - toolchain problems: fall back, once
-                warnings.warn(f"einsearch.fast: torch.compile'd permute failed ({exc!r}); using eager permutes")
-                set_compile(False)
-        if len(sg) == 2 and _price(s, d, key, False) < _PRICE_2D:
+        if i == len(steps) - 1:
+            dst_t = out if out is not None else POOL.empty([shape[ax] for ax in dst], t.dtype, t.device)
+        else:
+            dst_t = POOL.empty([shape[ax] for ax in d], t.dtype, t.device)
+        dv = dst_t.view([_prod(shape[ax] for ax in g) for g in dg])
+        if len(sg) == 2 and _price(s, d, key) < _PRICE_2D:
             # keep torch off its single-threaded 2-D transpose kernel (copy_ takes that path
             # only for 2-D views); its generic kernel is faster for this access pattern
-            t = v.unsqueeze(0).permute([0, 2, 1]).contiguous()
+            dv.unsqueeze(0).copy_(v.unsqueeze(0).permute([0, 2, 1]))
         else:
-            t = v.permute(perm).contiguous()
-    return t.view([shape[ax] for ax in dst])
+            dv.copy_(v.permute(perm))
+        t = dst_t
+    return t
 
 
 # ============================================================================ GEMMs
@@ -575,9 +539,10 @@ def _bmm(left: Tensor, right: Tensor, out: Tensor) -> None:
         torch.bmm(left, right, out=out)
 
 
-def _gemm(act: Tensor, core3: Tensor, spec: GemmSpec, shape: dict[str, int]) -> Tensor:
-    """out = act @ core over ``spec`` (output allocated contiguous in ``spec.o_layout``)."""
-    out = act.new_empty([shape[ax] for ax in spec.o_layout])
+def _gemm(act: Tensor, core3: Tensor, spec: GemmSpec, shape: dict[str, int], out: Tensor | None = None) -> Tensor:
+    """out = act @ core over ``spec``; ``out`` (a pool buffer unless given) is contiguous in ``spec.o_layout``."""
+    if out is None:
+        out = POOL.empty([shape[ax] for ax in spec.o_layout], act.dtype, act.device)
     lv = _view3(act, spec.l_layout, shape, spec.batch, spec.m, spec.k)
     ov = _view3(out, spec.o_layout, shape, spec.batch, spec.m, spec.n_)
     r = core3.expand(lv.size(0), -1, -1) if spec.batch == TOKEN else core3
@@ -619,7 +584,7 @@ class _Relayout(torch.autograd.Function):
             t, mem = t.contiguous(), src
         else:
             t = t.permute([src.index(ax) for ax in mem])
-        out = _relayout(t, mem, dst, shape, _COMPILE)
+        out = _relayout(t, mem, dst, shape)
         return out.clone() if mem == dst else out  # never hand back (a view of) the input
 
     @staticmethod
@@ -651,14 +616,18 @@ class _TwoStep(torch.autograd.Function):
         which1 = prog.core1
         which2 = "b" if which1 == "a" else "a"
         c1, c2 = (a, b) if which1 == "a" else (b, a)
-        comp = prog.compiled and _COMPILE
         z = _gemm(xp, _core3(c1, which1, f1.batch, f1.k, f1.n_, shape), f1, shape)
-        z2 = _relayout(z, f1.o_layout, prog.z2_layout, shape, comp)
-        yp = _gemm(z2, _core3(c2, which2, f2.batch, f2.k, f2.n_, shape), f2, shape)
-        y = _relayout(yp, f2.o_layout, prog.y_axes, shape, comp)
+        z2 = _relayout(z, f1.o_layout, prog.z2_layout, shape)
+        # the output is a pool buffer of its final shape, not a view (a caller may modify it in place)
+        y = POOL.empty((shape[TOKEN], plan.d_out_padded), xp.dtype, xp.device)
+        c2_3 = _core3(c2, which2, f2.batch, f2.k, f2.n_, shape)
+        if f2.o_layout == prog.y_axes:
+            _gemm(z2, c2_3, f2, shape, out=y)
+        else:
+            _relayout(_gemm(z2, c2_3, f2, shape), f2.o_layout, prog.y_axes, shape, out=y)
         ctx.save_for_backward(xp, a, b, z2)
         ctx.plan, ctx.prog, ctx.shape = plan, prog, shape
-        return y.view(shape[TOKEN], plan.d_out_padded)
+        return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
@@ -673,16 +642,15 @@ class _TwoStep(torch.autograd.Function):
         which2 = "b" if which1 == "a" else "a"
         c1, c2 = (a, b) if which1 == "a" else (b, a)
         need1, need2 = (need_a, need_b) if which1 == "a" else (need_b, need_a)
-        comp = prog.compiled and _COMPILE
         dyp = _relayout(dy.contiguous().view([shape[ax] for ax in prog.y_axes]), prog.y_axes, b2.l_layout,
-                        shape, comp)
+                        shape)
         g1 = g2 = dxp = None
         if need2:  # dC2[B, K2, N2] = z2^T @ dy'
             g3 = _core_gemm(z2, (f2.l_layout, f2.m, f2.k), dyp, (b2.l_layout, b2.m, b2.k), f2.batch, shape)
             g2 = _core_grad(g3, which2, f2.batch, f2.k, b2.k, shape, c2.shape)
         if need1 or need_x:
             dz = _gemm(dyp, _core3(c2, which2, b2.batch, b2.k, b2.n_, shape), b2, shape)
-            dz1 = _relayout(dz, b2.o_layout, prog.dz1_layout, shape, comp)
+            dz1 = _relayout(dz, b2.o_layout, prog.dz1_layout, shape)
             if need1:  # dC1[B, K1, N1] = x'^T @ dz1
                 g3 = _core_gemm(xp, (f1.l_layout, f1.m, f1.k), dz1, (b1.l_layout, b1.m, b1.k), f1.batch, shape)
                 g1 = _core_grad(g3, which1, f1.batch, f1.k, b1.k, shape, c1.shape)
@@ -711,11 +679,9 @@ def _reference_grads(xp, a, b, dy, plan, prog, shape, needs):
 
 
 # ============================================================================ entry point
-def einsum_linear(x: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan) -> Tensor:
-    """(n, d_in) -> (n, d_out); same contract (values and gradients) as ``einsum_linear_reference``."""
-    if (x.dim() != 2 or x.dtype != a.dtype or x.dtype != b.dtype or not x.dtype.is_floating_point
-            or torch.is_autocast_enabled(x.device.type)):
-        return einsum_linear_reference(x, a, b, plan)
+def run(x: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan) -> Tensor:
+    """(n, d_in) -> (n, d_out) through the layout-search program; same values and gradients as
+    ``einsum_linear_reference`` (x, a, b of one floating dtype)."""
     prog = program(plan)
     if prog.kind in ("identity", "reference"):
         return einsum_linear_reference(x, a, b, plan)
@@ -747,25 +713,3 @@ def _core2d(core: Tensor, which: str, spec: GemmSpec, shape: dict[str, int]) -> 
     target = spec.k + spec.n_
     t = core.reshape([shape[ax] for ax in kept]).permute([kept.index(ax) for ax in target])
     return t.reshape(_prod(shape[ax] for ax in spec.k), _prod(shape[ax] for ax in spec.n_))
-
-
-def tune_cpu_allocator(mmap_threshold: int = 1 << 30) -> bool:
-    """Opt-in: keep large freed blocks in glibc's heap instead of returning them to the OS.
-
-    With glibc's defaults every tensor above 32 MiB (e.g. 2048 tokens x 4096 float32) is a
-    fresh ``mmap`` whose pages fault in on first touch: several milliseconds per tensor, which
-    dominates a structured layer's runtime at that size (a dense GEMM hides it). This sets
-    ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` through ``mallopt`` (process-wide; the same
-    effect as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` or as using jemalloc or
-    tcmalloc). Returns True on success, False where glibc is not available.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, int(mmap_threshold)) == 1
-        ok = libc.mallopt(m_trim_threshold, int(2 * mmap_threshold)) == 1 and ok
-        return bool(ok)
-    except (OSError, AttributeError):
-        return False
