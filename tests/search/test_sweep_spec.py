@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import einsearch.search.sweep as sweep_mod
 from einsearch.search.cli import main
@@ -142,9 +143,20 @@ def test_match_width_skips_unbuildable_candidates():
 def test_flops_per_token_is_the_trainers_ledger(structure, width):
     cfg = TrainConfig(task="regression", structure=structure, width=width, num_experts=2)
     task, model = build_model(cfg)
-    x = task.batch(0, 4, __import__("torch").Generator().manual_seed(0))[0]
+    x = task.batch(0, 4, torch.Generator().manual_seed(0))[0]
     ledger = 3.0 * count_forward_flops(model, x) / 4
     assert flops_per_token("regression", structure, width, {"num_experts": 2}) == ledger
+
+
+@pytest.mark.parametrize("structure", ["dense", "low_rank", "monarch", "btt_moe"])
+def test_flops_per_token_charlm_counts_every_token(structure):
+    """An example is block_size tokens: the structured layers' share scales with all of them."""
+    train = {"depth": 1, "block_size": 16, "num_experts": 2}
+    cfg = TrainConfig(task="charlm", structure=structure, width=64, **train)
+    task, model = build_model(cfg)
+    x = task.batch(0, 2, torch.Generator().manual_seed(0))[0]
+    ledger = 3.0 * count_forward_flops(model, x) / (2 * 16)
+    assert flops_per_token("charlm", structure, 64, train) == ledger
 
 
 def test_width_candidates_factor_well():

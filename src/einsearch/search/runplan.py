@@ -123,7 +123,9 @@ def _flops_cached(task_name: str, structure: str, width: int, options: tuple) ->
         for name, module in model.named_modules():
             if isinstance(module, nn.Linear) and task.structured_select(name, module):
                 d_in, d_out = module.in_features, module.out_features
-                fwd += make_plan(theta, d_in, d_out).flops - 2 * d_in * d_out
+                # per token; the example holds tokens_per_example of them
+                fwd += ((make_plan(theta, d_in, d_out).flops - 2 * d_in * d_out)
+                        * task.tokens_per_example)
     x_tokens = task.tokens_per_example
     return 3.0 * fwd / x_tokens
 
