@@ -138,29 +138,62 @@ def _masked_solve(m: Tensor, mask: Tensor, other: Tensor) -> Tensor:
     return (torch.linalg.pinv(gram, hermitian=True) @ rhs).squeeze(-1)
 
 
-def _als_padded(w: Tensor, plan: EinsumPlan, a: Tensor, b: Tensor, sweeps: int) -> tuple[Tensor, Tensor]:
-    """Alternating exact least squares on the unpadded entries, from cores (a, b)."""
+def _als_padded(w: Tensor, plan: EinsumPlan, a: Tensor, b: Tensor, sweeps: int,
+                restarts: int) -> tuple[Tensor, Tensor]:
+    """Alternating exact least squares on the unpadded entries, from cores (a, b) and restarts.
+
+    Blocks are independent problems, so every block keeps its best run: the warm start
+    (a, b) or one of ``restarts`` seeded random starts (the masked problem is not convex;
+    restarts escape a poor basin the warm start falls into).
+    """
     m = _blocks(_pad(w, plan), plan)
     mask = _blocks(_pad(torch.ones_like(w), plan), plan)
-    u, v = _factors_from_cores(a, b, plan)
-    best = (_masked_err(m, mask, u, v), u, v)
-    for _ in range(sweeps):
+    u, v = _als_run(m, mask, *_factors_from_cores(a, b, plan), sweeps, plan)
+    best = _block_err(m, mask, u, v)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    scale_u, scale_v = u.pow(2).mean().sqrt(), v.pow(2).mean().sqrt()
+    for _ in range(restarts):
+        u0 = u if plan.trivial_a else torch.randn(u.shape, generator=gen, dtype=u.dtype).to(u.device) * scale_u
+        v0 = v if plan.trivial_b else torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device) * scale_v
+        ur, vr = _als_run(m, mask, u0, v0, sweeps, plan)
+        err = _block_err(m, mask, ur, vr)
+        better = (err < best)[:, None, None]
+        u, v, best = torch.where(better, ur, u), torch.where(better, vr, v), torch.minimum(err, best)
+    return _cores_from_factors(_balance(u, v), _balance_v(u, v), plan)
+
+
+def _als_run(m: Tensor, mask: Tensor, u: Tensor, v: Tensor, sweeps: int,
+             plan: EinsumPlan) -> tuple[Tensor, Tensor]:
+    """ALS sweeps: each core solved exactly given the other, then a line-search extrapolation
+    along the sweep's step (kept only if it lowers the error: the usual cure for ALS's slow
+    "swamps"). The error never rises.
+    """
+    err = _masked_err(m, mask, u, v)
+    for sweep in range(1, sweeps + 1):
+        u0, v0, before = u, v, err
         if not plan.trivial_a:
             u = _masked_solve(m, mask, v)
         if not plan.trivial_b:
             v = _masked_solve(m.transpose(1, 2), mask.transpose(1, 2), u)
         err = _masked_err(m, mask, u, v)
-        improved = best[0] - err
-        if err < best[0]:
-            best = (err, u, v)
-        if improved <= 1e-9 * best[0]:
+        if err > before:  # rounding only: keep the better point
+            u, v, err = u0, v0, before
+        step = sweep ** (1 / 3)
+        u_x, v_x = u + step * (u - u0), v + step * (v - v0)
+        err_x = _masked_err(m, mask, u_x, v_x)
+        if err_x < err:
+            u, v, err = u_x, v_x, err_x
+        if before - err <= 1e-12 * before:
             break
-    _, u, v = best
-    return _cores_from_factors(_balance(u, v), _balance_v(u, v), plan)
+    return u, v
+
+
+def _block_err(m: Tensor, mask: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    return (mask * (m - u @ v.transpose(1, 2))).pow(2).sum(dim=(1, 2))
 
 
 def _masked_err(m: Tensor, mask: Tensor, u: Tensor, v: Tensor) -> float:
-    return float((mask * (m - u @ v.transpose(1, 2))).pow(2).sum())
+    return float(_block_err(m, mask, u, v).sum())
 
 
 def _scales(u: Tensor, v: Tensor) -> Tensor:
@@ -281,7 +314,7 @@ def _whitened_project(w: Tensor, plan: EinsumPlan, la, la_inv, lb, lb_inv) -> tu
 
 
 # ------------------------------------------------------------------ validation
-def _check(weight: object, plan: object, calibration: object, als_sweeps: object) -> None:
+def _check(weight: object, plan: object, calibration: object, als_sweeps: object, als_restarts: object) -> None:
     if not isinstance(plan, EinsumPlan):
         raise TypeError(f"plan must be an EinsumPlan, got {type(plan).__name__}")
     if not isinstance(weight, Tensor):
@@ -311,12 +344,14 @@ def _check(weight: object, plan: object, calibration: object, als_sweeps: object
             raise ValueError("calibration must be finite, got non-finite entries (nan/inf)")
     if isinstance(als_sweeps, bool) or not isinstance(als_sweeps, int) or als_sweeps < 0:
         raise ValueError(f"als_sweeps must be a non-negative integer, got {als_sweeps!r}")
+    if isinstance(als_restarts, bool) or not isinstance(als_restarts, int) or als_restarts < 0:
+        raise ValueError(f"als_restarts must be a non-negative integer, got {als_restarts!r}")
 
 
 # ------------------------------------------------------------------ public API
 @torch.no_grad()
 def project_cores(weight: Tensor, plan: EinsumPlan, *, calibration: Tensor | None = None,
-                  als_sweeps: int = 10) -> ProjectionResult:
+                  als_sweeps: int = 100, als_restarts: int = 8) -> ProjectionResult:
     """Cores (A, B) of ``plan`` whose materialized matrix is nearest to ``weight``.
 
     Args:
@@ -325,6 +360,7 @@ def project_cores(weight: Tensor, plan: EinsumPlan, *, calibration: Tensor | Non
         calibration: optional (n, d_in) inputs of the layer. Given, the objective is the output
             error ||(W - W_hat) X^T||_F; ``relative_error`` is then relative to ||W X^T||_F.
         als_sweeps: alternating sweeps for padded plans and for the non-exact data-aware case.
+        als_restarts: seeded random restarts of the padded ALS (each block keeps its best run).
     Returns:
         A ``ProjectionResult`` with cores in the plan's shapes, in ``weight``'s dtype and
         device (computed in float32 for half precisions; ALS normal equations in float64).
@@ -333,7 +369,9 @@ def project_cores(weight: Tensor, plan: EinsumPlan, *, calibration: Tensor | Non
       * no calibration, plan not padded: the truncated SVD per (gamma, phi) block; globally
         optimal in Frobenius norm (ties in singular values aside).
       * no calibration, padded plan: SVD of the zero-padded weight, then exact ALS sweeps on
-        the unpadded entries: monotone, never worse than the start, not certified optimal.
+        the unpadded entries, plus ``als_restarts`` seeded random starts, each (gamma, phi)
+        block keeping its best run: never worse than the SVD start, not certified optimal
+        (masked low-rank approximation is non-convex; restarts make a poor basin unlikely).
       * calibration, plan not padded, S = X^T X / n block-diagonal across gamma with each
         gamma block a Kronecker product S_alpha (x) S_beta (always true when n_gamma = 1 and
         n_alpha = 1 or n_beta = 1: low rank, dense; true for inputs independent across the
@@ -347,7 +385,7 @@ def project_cores(weight: Tensor, plan: EinsumPlan, *, calibration: Tensor | Non
     ``einsum_norm=True`` uses ``core * gain * clamp(rms^2 / init_std^2, min=1)^-1/2``; to make
     the effective core equal the projection, set ``gain = max(1, rms(core) / init_std)``.
     """
-    _check(weight, plan, calibration, als_sweeps)
+    _check(weight, plan, calibration, als_sweeps, als_restarts)
     t0 = time.perf_counter()
     out_dtype = weight.dtype
     dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
@@ -358,7 +396,7 @@ def project_cores(weight: Tensor, plan: EinsumPlan, *, calibration: Tensor | Non
     method, exact = "svd", not plan.is_padded
     if plan.is_padded and scale > 0:
         # ALS in float64: normal equations square the condition number
-        a64, b64 = _als_padded(w.double(), plan, a.double(), b.double(), als_sweeps)
+        a64, b64 = _als_padded(w.double(), plan, a.double(), b.double(), als_sweeps, als_restarts)
         a, b, method = a64.to(dtype), b64.to(dtype), "svd+als"
 
     if calibration is None:
@@ -403,7 +441,7 @@ def _data_aware(w: Tensor, plan: EinsumPlan, a: Tensor, b: Tensor, x: Tensor,
             e = _output_err(w, a, b_new, plan, factor)
             if e < err:
                 b, err = b_new, e
-        if prev - err <= 1e-9 * prev:
+        if prev - err <= 1e-7 * prev:
             break
     if not (plan.trivial_a or plan.trivial_b):
         u, v = _factors_from_cores(a, b, plan)
