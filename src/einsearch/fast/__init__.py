@@ -31,12 +31,14 @@ from .candidates import Candidate, candidate, candidates, compiler_available
 from .layout import GemmSpec, Program, describe, program
 from .planner import (MODES, Planner, PlannerConfig, PlanRecord, bucket, configure, get_planner,
                       planner_report)
+from .tune import format_records, tune
 
 __all__ = [
     "einsum_linear", "program", "describe", "Program", "GemmSpec",
     "Planner", "PlannerConfig", "PlanRecord", "configure", "get_planner", "planner_report", "bucket", "MODES",
     "Candidate", "candidate", "candidates", "compiler_available",
     "PlanCache", "cache_dir", "machine_key", "BufferPool", "POOL", "clear_buffers", "tune_cpu_allocator",
+    "tune", "format_records",
 ]
 
 

@@ -138,17 +138,21 @@ class Planner:
 
     # ------------------------------------------------------------------ planning
     def plan(self, plan: EinsumPlan, tokens: int, dtype: torch.dtype = torch.float32,
-             device: torch.device | str = "cpu", train: bool = True) -> PlanRecord:
-        """Plan ahead (``einsearch tune``): choose for ``tokens``' bucket; returns the record."""
+             device: torch.device | str = "cpu", train: bool = True, force: bool = False) -> PlanRecord:
+        """Plan ahead (``einsearch tune``): choose for ``tokens``' bucket; returns the record.
+
+        ``force`` measures again even when the choice is known (in memory or on disk)."""
         if not isinstance(plan, EinsumPlan):
             raise TypeError(f"plan must be an EinsumPlan, got {type(plan).__name__}")
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
             raise ValueError(f"tokens must be a positive integer, got {tokens!r}")
         key = (plan, dtype, torch.device(device), bucket(tokens), torch.get_num_threads(), train)
-        self._plan_key(key)
+        if force:
+            self._choice.pop(key, None)
+        self._plan_key(key, force=force)
         return self._records[_entry(plan, dtype, torch.device(device), bucket(tokens), key[4], train)]
 
-    def _plan_key(self, key: tuple) -> Candidate:
+    def _plan_key(self, key: tuple, force: bool = False) -> Candidate:
         with self._lock:
             if key in self._choice:
                 return self._choice[key]
@@ -161,7 +165,7 @@ class Planner:
                 record = PlanRecord(entry, str(plan.theta), names[0], self.config.mode, "only candidate", tokens)
             elif self.config.mode == "estimate":
                 record = PlanRecord(entry, str(plan.theta), names[0], "estimate", "estimate", tokens)
-            elif self.cache is not None:
+            elif self.cache is not None and not force:
                 hit = self.cache.get(entry)
                 if hit and hit.get("choice") in names and hit.get("mode") in MODES:
                     if self.config.mode != "patient" or hit.get("mode") == "patient":

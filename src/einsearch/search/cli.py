@@ -107,6 +107,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from einsearch import fast
+
+    torch.set_num_threads(args.threads)
+    planner = fast.configure(mode=args.mode, budget_s=args.budget)
+    names = args.structure or ["monarch", "btt(0.2)", "low_rank(0.75)", "kronecker"]
+    thetas = {name: resolve_structure(name) for name in names}
+    where = planner.cache.path if planner.cache is not None else "(memory only)"
+    print(f"einsearch tune: mode {args.mode}, {args.threads} threads, {args.dtype}, "
+          f"{'forward only' if args.inference else 'forward + backward'}; cache {where}", flush=True)
+    records = fast.tune(thetas, args.sizes, args.tokens, args.dtype, train=not args.inference, force=args.force)
+    print(fast.format_records(records))
+    print(f"cache: {where}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="einsearch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--bootstrap", type=_non_negative_int, default=200, metavar="N",
                         help="bootstrap replicates for the multiplier intervals (0: no intervals)")
     report.set_defaults(func=_cmd_report)
+
+    tune = sub.add_parser("tune", help="plan ahead: time the fast path's candidate programs, cache the choices",
+                          description="Times every candidate program of each structure (d x d) per token "
+                          "bucket and caches the fastest per machine (EINSEARCH_CACHE_DIR, else "
+                          "~/.cache/einsearch), so training skips the timing on first use.")
+    tune.add_argument("structure", nargs="*", help="structures (default: monarch btt(0.2) low_rank(0.75) kronecker)")
+    tune.add_argument("--sizes", nargs="+", type=_positive_int, default=[1024])
+    tune.add_argument("--tokens", nargs="+", type=_positive_int, default=[2048])
+    tune.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"), default="float32")
+    tune.add_argument("--threads", type=_positive_int, default=2, help="torch threads (choices are per count)")
+    tune.add_argument("--mode", choices=("measure", "patient"), default="measure",
+                      help="patient adds torch.compile variants (tens of seconds each)")
+    tune.add_argument("--budget", type=float, default=5.0, help="timing seconds per plan (default 5)")
+    tune.add_argument("--inference", action="store_true", help="plan forward-only (no_grad) use")
+    tune.add_argument("--force", action="store_true", help="measure again even when a choice is cached")
+    tune.set_defaults(func=_cmd_tune)
     return parser
 
 
