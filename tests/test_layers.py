@@ -7,13 +7,14 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from conftest import NAMED_STRUCTURES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_theta import thetas
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from einsearch import EinsumLinear, Theta, make_plan, taxonomy
-
-from conftest import NAMED_STRUCTURES
-from test_theta import thetas
 
 f64 = torch.float64
 
@@ -244,3 +245,34 @@ def test_plan_matches_module():
     assert layer.cost().params == 65_536
 
 
+
+
+@pytest.mark.parametrize("einsum_norm", [False, True])
+def test_from_linear_projects_in_closed_form(float64, einsum_norm):
+    # a weight that IS a Monarch matrix is recovered exactly, einsum norm or not
+    torch.manual_seed(0)
+    target = EinsumLinear(16, 16, "monarch")
+    with torch.no_grad():
+        target.core_a.mul_(7.0)  # well above the init scale: the norm would shrink it
+    linear = nn.Linear(16, 16)
+    with torch.no_grad():
+        linear.weight.copy_(target.to_dense())
+    layer = EinsumLinear.from_linear(linear, "monarch", einsum_norm=einsum_norm)
+    torch.testing.assert_close(layer.to_dense(), linear.weight, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(layer.bias, linear.bias)
+    x = torch.randn(4, 16)
+    torch.testing.assert_close(layer(x), linear(x), rtol=1e-9, atol=1e-9)
+
+
+def test_from_linear_ignores_adam_settings_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="closed form"):
+        layer = EinsumLinear.from_linear(nn.Linear(8, 8), "dense", steps=5)
+    assert isinstance(layer, EinsumLinear)
+    with pytest.raises(TypeError, match="nn.Linear"):
+        EinsumLinear.from_linear(nn.ReLU(), "dense")
+
+
+def test_load_cores_checks_shapes():
+    layer = EinsumLinear(16, 16, "monarch")
+    with pytest.raises(ValueError, match="core_a must have shape"):
+        layer.load_cores(torch.zeros(3), layer.core_b.detach())

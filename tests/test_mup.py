@@ -4,12 +4,11 @@ import math
 
 import pytest
 import torch
+from conftest import NAMED_STRUCTURES
 from torch import nn
 
 from einsearch import EinsumLinear, param_groups, structurize
 from einsearch.mup import lr_multipliers
-
-from conftest import NAMED_STRUCTURES
 
 
 class ResidualMLP(nn.Module):

@@ -8,6 +8,8 @@ Public API::
     taxonomy                           # omega / psi / nu
     param_groups                       # muP learning rates as plain torch param groups
     structurize                        # replace the linear layers of an existing model
+    parse_structure, StructureConfig   # structure kinds (theta, btt_moe, moe) as typed configs
+    StructuredLinear                   # base class of the structured layers
     fit_to_dense, from_linear          # fit a structured layer to a trained dense weight
     BTTMoELinear, MoEFFN, moeify       # mixtures of experts in every linear layer / every FFN
 
@@ -23,12 +25,23 @@ import warnings
 from typing import Any
 
 from . import _moved
+from .base import LayerCost, StructuredLinear
 from .convert import StructurizeSummary, structurize
 from .fit import fit_to_dense, from_linear
-from .layers import EinsumLinear, LayerCost
+from .layers import EinsumLinear
 from .moe import BTTMoELinear, MoEFFN, aux_loss, moeify
 from .mup import lr_multipliers, param_groups
 from .plan import EinsumPlan, make_plan
+from .structures import (
+    BTTMoEStructure,
+    FFNMoEStructure,
+    StructureConfig,
+    ThetaStructure,
+    apply_structure,
+    parse_structure,
+    register_structure,
+    structure_kinds,
+)
 from .taxonomy import Taxonomy, closed_form_flops, closed_form_params, taxonomy
 from .theta import NAMED_STRUCTURES, Theta, resolve_structure, structure_names
 
@@ -41,6 +54,8 @@ __all__ = [
     "param_groups", "lr_multipliers", "structurize", "StructurizeSummary",
     "fit_to_dense", "from_linear",
     "BTTMoELinear", "MoEFFN", "moeify", "aux_loss",
+    "StructuredLinear", "StructureConfig", "ThetaStructure", "BTTMoEStructure", "FFNMoEStructure",
+    "parse_structure", "register_structure", "apply_structure", "structure_kinds",
 ]
 
 #: names that moved to :mod:`einsearch.search` (old spelling ``einsearch.NAME`` still works)

@@ -23,11 +23,13 @@ from ._checks import check_positive_int
 if TYPE_CHECKING:
     from .plan import AxisSizes, EinsumPlan
 
-__all__ = ["StructuredLinear", "LayerCost", "CORE_NAMES", "plan_core", "describe_sizes"]
+__all__ = ["StructuredLinear", "LayerCost", "CORE_NAMES", "GAIN_NAMES", "plan_core", "describe_sizes"]
 
 #: parameter names of the two cores, in plan order (A, B)
 CORE_NAMES: tuple[str, str] = ("core_a", "core_b")
 _PLAN_CORE = {"core_a": "A", "core_b": "B"}
+#: einsum-norm gain parameter of each core
+GAIN_NAMES = {"core_a": "gain_a", "core_b": "gain_b"}
 
 
 def plan_core(core: str) -> str:
@@ -96,11 +98,10 @@ class StructuredLinear(nn.Module):
 
     def _register_gains_and_bias(self, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
         """Create ``gain_a``/``gain_b`` (einsum norm) and ``bias``; call after the cores."""
-        factory = {"device": device, "dtype": dtype}
         if self.einsum_norm:
-            self.gain_a = nn.Parameter(torch.ones((), **factory))
-            self.gain_b = nn.Parameter(torch.ones((), **factory))
-        self.bias = nn.Parameter(torch.zeros(self.d_out, **factory)) if self._has_bias else None
+            for gain in GAIN_NAMES.values():
+                setattr(self, gain, nn.Parameter(torch.ones((), device=device, dtype=dtype)))
+        self.bias = nn.Parameter(torch.zeros(self.d_out, device=device, dtype=dtype)) if self._has_bias else None
 
     # ------------------------------------------------------------------ widths
     @property
@@ -144,8 +145,8 @@ class StructuredLinear(nn.Module):
         if self.bias is not None:
             self.bias.zero_()
         if self.einsum_norm:
-            self.gain_a.fill_(1.0)
-            self.gain_b.fill_(1.0)
+            for gain in GAIN_NAMES.values():
+                getattr(self, gain).fill_(1.0)
 
     def effective_cores(self) -> tuple[Tensor, Tensor]:
         """(core_a, core_b) as used in the forward pass (after the optional einsum norm)."""
@@ -153,12 +154,13 @@ class StructuredLinear(nn.Module):
         if self.einsum_norm:
             trainable = self.core_names()
             if "core_a" in trainable:
-                a = self._normalized(a, self.gain_a, "core_a")
+                a = self._normalized(a, "core_a")
             if "core_b" in trainable:
-                b = self._normalized(b, self.gain_b, "core_b")
+                b = self._normalized(b, "core_b")
         return a, b
 
-    def _normalized(self, core: Tensor, gain: Tensor, name: str) -> Tensor:
+    def _normalized(self, core: Tensor, name: str) -> Tensor:
+        gain = getattr(self, GAIN_NAMES[name])
         # (RMS / init scale)^2, clamped before the root so a zero core (zero init) has a
         # finite, zero gradient through the norm instead of sqrt'(0) = inf.
         ratio_sq = core.pow(2).mean() / self.init_std(name) ** 2

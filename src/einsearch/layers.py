@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -11,11 +12,14 @@ import torch
 from torch import Tensor, nn
 
 from . import functional
-from .base import CORE_NAMES, LayerCost, StructuredLinear, plan_core
+from .base import CORE_NAMES, GAIN_NAMES, LayerCost, StructuredLinear, plan_core
 from .plan import EinsumPlan, make_plan
+from .project import project_cores
 from .theta import Theta, resolve_structure
 
 __all__ = ["EinsumLinear", "EinsumLinearConfig", "LayerCost"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,15 +115,56 @@ class EinsumLinear(StructuredLinear):
         self._reset_gains_and_bias()
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, theta: Theta | str, **fit_kwargs: Any) -> "EinsumLinear":
-        """A layer fitted to a (trained) ``nn.Linear``: see ``einsearch.fit.from_linear``.
+    def from_linear(cls, linear: nn.Linear, theta: Theta | str, *, calibration: Tensor | None = None,
+                    **layer_kwargs: Any) -> "EinsumLinear":
+        """The layer of structure ``theta`` nearest to a (trained) ``nn.Linear``.
 
-        The relative Frobenius error of the fit is logged; ``einsearch.fit.from_linear``
-        returns it too.
+        Cores come from ``einsearch.project.project_cores`` (closed form, docs/design.md
+        section 7): the nearest structured matrix in Frobenius norm, or, with ``calibration``
+        inputs (n, d_in), the one with the smallest output error. The bias is copied; dtype
+        and device follow ``linear``. ``layer_kwargs`` (``einsum_norm``, ``fast``) go to the
+        constructor. The relative error is logged; ``einsearch.fit.from_linear`` returns it.
         """
-        from .fit import from_linear  # fit builds on this module
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        legacy = sorted(k for k in ("steps", "lr", "tol") if k in layer_kwargs)
+        if legacy:
+            warnings.warn(f"EinsumLinear.from_linear: {legacy} are ignored; the cores are now projected in "
+                          "closed form (use einsearch.fit.fit_to_dense for the Adam fit)",
+                          DeprecationWarning, stacklevel=2)
+            for k in legacy:
+                layer_kwargs.pop(k)
+        w = linear.weight
+        layer = cls(linear.in_features, linear.out_features, theta, bias=linear.bias is not None,
+                    device=w.device, dtype=w.dtype, **layer_kwargs)
+        result = project_cores(w.detach(), layer.plan, calibration=calibration)
+        layer.load_cores(result.core_a, result.core_b)
+        if linear.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(linear.bias)
+        log.info("from_linear %s: %dx%d weight, relative error %.4g (%s)", layer.theta, layer.d_out,
+                 layer.d_in, result.relative_error, result.method)
+        return layer
 
-        return from_linear(linear, theta, **fit_kwargs)[0]
+    @torch.no_grad()
+    def load_cores(self, core_a: Tensor, core_b: Tensor) -> None:
+        """Set the cores so that ``effective_cores()`` returns (core_a, core_b).
+
+        Shapes are ``plan.shape_a`` / ``plan.shape_b``; a trivial (constant) core must be ones.
+        With ``einsum_norm`` each gain is set to max(1, RMS / init std), which undoes the norm.
+        """
+        for name, value, shape in zip(CORE_NAMES, (core_a, core_b), (self.plan.shape_a, self.plan.shape_b)):
+            if not isinstance(value, Tensor) or tuple(value.shape) != tuple(shape):
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"load_cores: {name} must have shape {tuple(shape)}, got {got}")
+            if name not in self.core_names():
+                if not torch.all(value == 1):
+                    raise ValueError(f"load_cores: {name} is the constant 1 in this plan; got other values")
+                continue
+            getattr(self, name).copy_(value)
+            if self.einsum_norm:
+                rms = value.double().pow(2).mean().sqrt().item()
+                getattr(self, GAIN_NAMES[name]).fill_(max(1.0, rms / self.init_std(name)))
 
     # ----------------------------------------------------------------- forward
     def _forward_2d(self, x2: Tensor) -> Tensor:
@@ -160,7 +205,8 @@ class EinsumLinear(StructuredLinear):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         mine = asdict(self.config)
         theirs = {k: state.get(k) for k in ("theta", "d_in", "d_out")}
-        if Theta.parse(str(theirs["theta"])) != self.theta or theirs["d_in"] != self.d_in or theirs["d_out"] != self.d_out:
+        same_widths = theirs["d_in"] == self.d_in and theirs["d_out"] == self.d_out
+        if Theta.parse(str(theirs["theta"])) != self.theta or not same_widths:
             raise ValueError(
                 f"state_dict is for EinsumLinear(theta={theirs['theta']}, d_in={theirs['d_in']}, "
                 f"d_out={theirs['d_out']}); this layer is theta={mine['theta']}, d_in={self.d_in}, "

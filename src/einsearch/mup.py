@@ -52,7 +52,7 @@ def lr_multipliers(model: nn.Module, base_width: int | None = None, width: int |
         local = _module_multipliers(module, base_width, width, conv1d)
         for pname, mult in local.items():
             mults.setdefault(prefix + pname, mult)
-    for name, p in model.named_parameters():
+    for name, _ in model.named_parameters():
         mults.setdefault(name, 1.0)
     return mults
 

@@ -11,7 +11,7 @@ import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from torch import nn
+from torch import Tensor, nn
 
 from ._compat import conv1d_type
 from .base import StructuredLinear
@@ -85,9 +85,9 @@ def linear_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     Layers that are already structured (``StructuredLinear``) are not candidates.
     """
     conv1d = conv1d_type()
-    kinds = (nn.Linear,) + ((conv1d,) if conv1d is not None else ())
+    kinds: tuple[type, ...] = (nn.Linear,) + ((conv1d,) if conv1d is not None else ())
     return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, kinds) and not isinstance(m, StructuredLinear)]
+            if any(isinstance(m, k) for k in kinds) and not isinstance(m, StructuredLinear)]
 
 
 def _default_select(model: nn.Module) -> Callable[[str, nn.Module], bool]:
@@ -112,11 +112,14 @@ def select_predicate(select: Select, model: nn.Module) -> Callable[[str, nn.Modu
 
 def linear_dims(module: nn.Module) -> tuple[int, int, bool, bool]:
     """(d_in, d_out, has_bias, is_zero) of an nn.Linear or Conv1D (weight (in, out))."""
+    weight = module.weight
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
     if isinstance(module, nn.Linear):
         d_in, d_out = module.in_features, module.out_features
     else:
-        d_in, d_out = module.weight.shape
-    is_zero = bool((module.weight.detach() == 0).all())
+        d_in, d_out = weight.shape
+    is_zero = bool((weight.detach() == 0).all())
     return d_in, d_out, module.bias is not None, is_zero
 
 

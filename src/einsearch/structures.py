@@ -20,17 +20,25 @@ New kinds: :func:`register_structure` (a name, its parser and its handler).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
-from torch import nn
+from torch import Tensor, nn
 
 from ._checks import check_bool
 from .base import StructuredLinear
 from .layers import EinsumLinear
 from .moe import BTTMoELinear, check_moe_args, moeify
-from .replace import (ReplacedLayer, Select, StructurizeSummary, linear_dims, linear_layers,
-                      select_predicate, set_submodule)
+from .replace import (
+    ReplacedLayer,
+    Select,
+    StructurizeSummary,
+    linear_dims,
+    linear_layers,
+    select_predicate,
+    set_submodule,
+)
 from .taxonomy import Taxonomy, taxonomy
 from .theta import Theta, resolve_structure
 
@@ -279,8 +287,12 @@ def _fit(new: StructuredLinear, old: nn.Module) -> float:
     """Fit ``new`` to the weight and bias of ``old`` (nn.Linear, or Conv1D with weight (in, out))."""
     from .fit import fit_to_dense  # the optimizer-based fit is only needed with fit=True
 
-    weight = old.weight if isinstance(old, nn.Linear) else old.weight.t()
-    return fit_to_dense(new, weight, old.bias)
+    if not isinstance(new, EinsumLinear):
+        raise TypeError(f"fit=True needs EinsumLinear layers, got {type(new).__name__}")
+    weight, bias = old.weight, old.bias
+    if not isinstance(weight, Tensor) or not (bias is None or isinstance(bias, Tensor)):
+        raise TypeError(f"fit=True: {type(old).__name__} has no weight/bias tensors")
+    return fit_to_dense(new, weight if isinstance(old, nn.Linear) else weight.t(), bias)
 
 
 def _no_fit(config: StructureConfig, fit: bool) -> None:
