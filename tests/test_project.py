@@ -264,3 +264,19 @@ def test_random_thetas_recover_representable_matrices(theta, d_in, d_out):
     res = project_cores(w, plan)
     assert res.exact and res.relative_error < 1e-10
     assert _rel(w, res.core_a, res.core_b, plan) < 1e-10
+
+
+# ------------------------------------------------------------ loading into a layer (fit.py)
+@pytest.mark.parametrize("einsum_norm", [False, True])
+def test_project_into_makes_the_layer_compute_the_projection(named_theta, einsum_norm):
+    from einsearch.fit import project_into
+
+    layer = EinsumLinear(48, 80, named_theta, einsum_norm=einsum_norm)
+    w, bias = 3.0 * torch.randn(80, 48), torch.randn(80)  # large: the norm would shrink the cores
+    res = project_into(layer, w, bias)
+    expected = materialize(res.core_a, res.core_b, layer.plan)
+    torch.testing.assert_close(layer.to_dense(), expected, atol=1e-10, rtol=1e-10)
+    x = torch.randn(7, 48)
+    torch.testing.assert_close(layer(x), x @ expected.T + bias, atol=1e-9, rtol=1e-9)
+    with pytest.raises(ValueError, match=r"bias must be a tensor of shape \(d_out,\) = \(80,\)"):
+        project_into(layer, w, torch.zeros(3))

@@ -22,9 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from .layers import EinsumLinear
+from .project import ProjectionResult, project_cores
 from .theta import Theta
 
-__all__ = ["fit_to_dense", "from_linear"]
+__all__ = ["fit_to_dense", "from_linear", "project_into"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,41 @@ def fit_to_dense(layer: EinsumLinear, weight: Tensor, bias: Tensor | None = None
     err = _relative_error(layer, target, scale)
     log.info("fit %s to a %dx%d weight: relative error %.4g", layer.theta, layer.d_out, layer.d_in, err)
     return err
+
+
+@torch.no_grad()
+def project_into(layer: EinsumLinear, weight: Tensor, bias: Tensor | None = None, *,
+                 calibration: Tensor | None = None, **project_kwargs) -> ProjectionResult:
+    """Set ``layer``'s cores to the projection of ``weight`` (see ``einsearch.project``).
+
+    Args:
+        layer: the structured layer (its plan fixes the structure and sizes).
+        weight: (d_out, d_in) target; bias: (d_out,) copied into ``layer.bias`` if given.
+        calibration: optional (n, d_in) inputs for the data-aware projection.
+        project_kwargs: ``als_sweeps``, ``als_restarts``.
+    Returns:
+        The ``ProjectionResult``; afterwards ``layer.to_dense()`` is its matrix. With
+        ``einsum_norm`` each gain is set to max(1, rms(core) / init_std), which cancels the
+        norm's division, so the effective cores equal the projected ones.
+    """
+    if not isinstance(layer, EinsumLinear):
+        raise TypeError(f"layer must be an EinsumLinear, got {type(layer).__name__}")
+    if bias is not None:
+        if layer.bias is None:
+            raise ValueError("bias given but the layer was built with bias=False")
+        if not isinstance(bias, Tensor) or tuple(bias.shape) != (layer.d_out,):
+            got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
+            raise ValueError(f"bias must be a tensor of shape (d_out,) = ({layer.d_out},), got {got}")
+    result = project_cores(weight, layer.plan, calibration=calibration, **project_kwargs)
+    for name, core in (("core_a", result.core_a), ("core_b", result.core_b)):
+        target = getattr(layer, name)
+        target.copy_(core.to(device=target.device, dtype=target.dtype))
+        if layer.config.einsum_norm and core.numel() > 1:
+            rms = core.pow(2).mean().sqrt().item()
+            getattr(layer, "gain" + name[-2:]).fill_(max(1.0, rms / layer.init_std(name)))
+    if bias is not None:
+        layer.bias.copy_(bias)
+    return result
 
 
 def _relative_error(layer: EinsumLinear, target: Tensor, scale: Tensor) -> float:
