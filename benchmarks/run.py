@@ -3,23 +3,25 @@
 Sections, all measured side by side in this one process:
 
 1. Efficiency table: (t_dense / t_struct) / (FLOPs_dense / FLOPs_struct), forward + backward,
-   float32, 2048 tokens, for d in {1024, 2048, 4096}: the fast path and the plain two-einsum
-   reference of each structure next to ``nn.Linear``, each row MET / SHORT against its target,
-   with the roofline ceiling of the fast path's schedule (bytes and FLOPs per stage, charged
-   at the measured GEMM rate and copy bandwidth).
+   float32, 2048 tokens, 2 threads, d in {1024, 4096}: einsearch (the program its measured
+   planner chose), the plain two-einsum reference and, for Monarch / BTT, the plain
+   block-transpose kernel written in the bench (``baseline.py``), next to ``nn.Linear``; the
+   roofline ceiling from this machine's reused-buffer GEMM rates and copy bandwidth; every
+   target of issue 13 MET or SHORT with the reason.
 2. Training throughput (tokens/s) of a small GPT-like stack, dense vs structured at equal
    FLOPs per token.
 3. BTT-MoE (``benchmarks/moe.py``), when present.
 
-Everything lands in ``benchmarks/results/bench.json``.
+Everything lands in ``benchmarks/results/bench.json``. Medians of interleaved rounds.
 
     python benchmarks/run.py                 # full run (a few minutes on 2 cores)
     python benchmarks/run.py --quick         # smoke run: small sizes, few repeats
-    python benchmarks/run.py --sizes 1024 --threads 2 --compile
 
-By default the process calls ``einsearch.fast.tune_cpu_allocator()`` first (glibc keeps freed
-activation-sized blocks instead of returning them to the OS and faulting them in again on the
-next allocation); it applies to dense and structured alike. ``--no-tune-alloc`` skips it.
+The process calls ``einsearch.fast.tune_cpu_allocator()`` first and says so (glibc keeps freed
+blocks above 32 MiB instead of unmapping them; it helps nn.Linear and the reference as much as
+einsearch, whose own buffers are pooled anyway); ``--no-tune-alloc`` skips it. The planner
+caches its choices per machine (``EINSEARCH_CACHE_DIR``); ``--planner-budget`` sets its timing
+budget per plan.
 """
 
 from __future__ import annotations
@@ -48,11 +50,13 @@ def _parse(argv):
     p = argparse.ArgumentParser(description="einsearch benchmarks: structured vs dense wall-clock efficiency")
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke run)")
     p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",") if v],
-                   help="comma-separated widths d (default 1024,2048,4096; quick: 256,512)")
+                   help="comma-separated widths d (default 1024,4096; quick: 256,512)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--tokens", type=int, help="rows per batch (default 2048; quick: 512)")
-    p.add_argument("--compile", action="store_true",
-                   help="also time the fast path with torch.compile'd permute kernels")
+    p.add_argument("--planner-mode", choices=("measure", "patient", "estimate"), default="measure",
+                   help="how einsearch's planner chooses programs (patient adds torch.compile variants)")
+    p.add_argument("--planner-budget", type=float, default=4.0, help="planner timing seconds per plan")
+    p.add_argument("--extra", action="store_true", help="also untargeted structures (tensor train, ...)")
     p.add_argument("--no-tune-alloc", action="store_true", help="leave glibc's allocator at its defaults")
     p.add_argument("--skip-train", action="store_true", help="skip the training-throughput section")
     p.add_argument("--skip-moe", action="store_true", help="skip the BTT-MoE section")
@@ -81,25 +85,26 @@ def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
     torch.set_num_threads(args.threads)
     tuned = False if args.no_tune_alloc else fast.tune_cpu_allocator()
-    sizes = args.sizes or ([256, 512] if args.quick else [1024, 2048, 4096])
+    planner = fast.configure(mode=args.planner_mode, budget_s=args.planner_budget)
+    sizes = args.sizes or ([256, 512] if args.quick else [1024, 4096])
     tokens = args.tokens or (512 if args.quick else 2048)
     budget = 4.0 if args.quick else 25.0  # seconds of timing per width
     started = time.perf_counter()
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
            "machine": platform.processor() or platform.machine(), "allocator_tuned": tuned,
-           "compile_column": args.compile, "quick": args.quick, "tokens": tokens, "sizes": sizes}
+           "planner_mode": args.planner_mode, "planner_cache": str(planner.cache.path if planner.cache else None),
+           "quick": args.quick, "tokens": tokens, "sizes": sizes}
     progress(f"einsearch benchmarks: torch {env['torch']}, {env['threads']} threads, {tokens} tokens, "
-             f"float32, sizes {sizes}, allocator tuned: {tuned}")
+             f"float32, sizes {sizes}; glibc allocator tuned by the bench (mallopt): {tuned}; "
+             f"planner {args.planner_mode}, cache {env['planner_cache']}")
     result: dict = {"env": env, "efficiency": [], "throughput": None, "moe": None}
 
-    progress("\n[1/3] efficiency: nn.Linear vs fast path vs two-einsum reference (fwd + bwd)")
+    progress("\n[1/3] efficiency: nn.Linear vs einsearch vs two-einsum reference vs block-transpose baseline")
     for d in sizes:
-        res = efficiency.measure(d, tokens, args.quick, budget, compile_too=args.compile)
+        res = efficiency.measure(d, tokens, args.quick, budget, extra=args.extra)
         result["efficiency"].append(res)
-        efficiency.print_table(res, compile_too=args.compile)
-    if result["efficiency"]:
-        print()
-        efficiency.print_stages(result["efficiency"][-1])
+        efficiency.print_table(res)
+    result["planner"] = fast.planner_report()
 
     if not args.skip_train:
         progress("\n[2/3] training throughput at equal FLOPs")
@@ -122,26 +127,18 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _summary(result: dict) -> None:
     rows = [r for res in result["efficiency"] for r in res["rows"]]
-    targeted = [r for r in rows if r["target"] is not None]
-    print("\nSummary:")
-    for r in targeted:
-        print(f"  {r['structure']:16s} d={r['d']:5d}  efficiency {r['eff_fast']:.3f} (target {r['target']:.2f}, "
-              f"roofline ceiling {r['roofline_ceiling']:.2f})  {r['status']}")
-        if r.get("why"):
-            print(f"      {r['why']}")
-    others = [r for r in rows if r["target"] is None]
-    slower = [r for r in rows if r["fast_vs_ref_speedup"] <= 1 and not r["fast_is_reference_gemms"]]
-    same = [r for r in rows if r["fast_is_reference_gemms"]]
-    not_faster = ", ".join(f"{r['structure']}@{r['d']}" for r in slower)
-    print(f"  fast path faster than the two-einsum reference in {len(rows) - len(slower) - len(same)}/{len(rows)} rows"
-          + (f" (not: {not_faster})" if slower else "")
-          + (f"; the same plain GEMMs as the reference in {len(same)} (low rank)" if same else ""))
-    met = sum(r["status"] == "MET" for r in targeted)
-    result["summary"] = {"targets_met": met, "targets": len(targeted),
-                         "faster_than_reference": len(rows) - len(slower) - len(same),
-                         "same_gemms_as_reference": len(same), "rows": len(rows),
-                         "untargeted_rows": len(others)}
-    print(f"  targets met: {met}/{len(targeted)}")
+    checks = [(r, c) for r in rows for c in r["checks"]]
+    print("\nSummary (targets of issue 13):")
+    for r, c in checks:
+        print(f"  {r['structure']:16s} d={r['d']:5d}  {c['what']:36s} {'MET' if c['met'] else 'SHORT':5s} {c['why']}")
+    met = sum(c["met"] for _, c in checks)
+    busy = [res.get("cpu_busy_before") or 0 for res in result["efficiency"]]
+    if busy and max(busy) > 0.15:
+        print(f"  (other processes kept up to {100 * max(busy):.0f}% of the CPUs busy: timings are noisy)")
+    planning = sum(p.get("planning_s", 0.0) for p in result.get("planner", []))
+    print(f"  planner: {len(result.get('planner', []))} decisions, {planning:.1f} s of timing in all")
+    result["summary"] = {"targets_met": met, "targets": len(checks), "rows": len(rows)}
+    print(f"  targets met: {met}/{len(checks)}")
 
 
 if __name__ == "__main__":
