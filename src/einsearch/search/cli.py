@@ -7,6 +7,7 @@ import sys
 from typing import Callable
 
 from einsearch import make_plan, resolve_structure, structure_names, taxonomy
+from einsearch._checks import check_int
 
 
 def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
@@ -17,9 +18,10 @@ def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
-        return value
+        try:
+            return check_int(value, "value", minimum=minimum, expected=f"a {what} integer")
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
     return parse
 
@@ -76,7 +78,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(f"einsearch search: preset {args.preset!r}, task {args.task or '(preset default)'} -> {out}",
           flush=True)
     outcome = search(args.preset, out, task=args.task, structures=args.structures, widths=args.widths,
-                     jobs=args.jobs, show_progress=not args.quiet, steps=args.steps, data=args.data)
+                     jobs=args.jobs, show_progress=not args.quiet, steps=args.steps, data=args.data,
+                     executor=args.executor, address=args.address)
     print(format_outcome(outcome))
     return 0 if outcome.ok else 1
 
@@ -96,6 +99,36 @@ def _search_plan(args: argparse.Namespace, out: str) -> int:
     result = lr_check(spec, out, jobs=args.jobs, show_progress=not args.quiet)
     print(format_lr_check(result))
     return 0 if result["failed"] == 0 else 1
+
+
+def _cmd_explore(args: argparse.Namespace) -> int:
+    from .explore import explore
+
+    name = args.preset
+    out = args.out or f"runs/explore_{name.removeprefix('explore_')}"
+    print(f"einsearch explore: preset {name!r}, {args.trials} trials, objective {args.objective} "
+          f"-> {out}", flush=True)
+    outcome = explore(name, out, trials=args.trials, jobs=args.jobs, executor=args.executor,
+                      address=args.address, storage=args.storage, timeout=args.timeout,
+                      objective=args.objective, show_progress=not args.quiet)
+    cmp_ = (outcome.summary or {}).get("comparison")
+    print(f"{outcome.trials_run} trials this run ({outcome.trials_total} in study "
+          f"{outcome.study_name!r}), {outcome.runs_trained} runs trained, {outcome.runs_failed} "
+          f"failed, stopped by {outcome.stopped_by} ({outcome.wall_time_s:.0f} s)")
+    if cmp_:
+        print(f"best novel {cmp_['best_novel']} x{cmp_['best_novel_multiplier']:.3g} vs best named "
+              f"{cmp_['best_named']} x{cmp_['best_named_multiplier']:.3g}: "
+              f"{cmp_['novel_beats_named']}")
+    print(f"report: {out}/explore.md, trials: {out}/explore.json")
+    return 0 if outcome.runs_failed == 0 else 1
+
+
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where runs train: local worker processes (default) or Ray tasks")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (HOST:PORT, ray://HOST:PORT or auto); default: start "
+                   "a local Ray cluster on 127.0.0.1")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -155,7 +188,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train each structure at 1/3, 1 and 3 x the transferred lr at its "
                         "middle width for 1/4 of the steps; flag any whose best lr is not the "
                         "transferred one (results in OUT/lr_check/)")
+    _add_executor_options(search)
     search.set_defaults(func=_cmd_search)
+
+    explore = sub.add_parser("explore", help="search the whole theta space with Optuna",
+                             description="Optuna search over theta (resumable: rerun the same "
+                             "command to continue; finished runs are never retrained). Writes "
+                             "explore.json, explore.md and plots into --out.")
+    explore.add_argument("--preset", default="tiny",
+                         help="explore preset (tiny, regression, charlm) or a .yaml/.toml file")
+    explore.add_argument("--trials", type=_positive_int, required=True,
+                         help="total finished trials the study should hold")
+    explore.add_argument("--out", default=None, help="output directory (default: runs/explore_PRESET)")
+    explore.add_argument("--jobs", type=_positive_int, default=1,
+                         help="parallel runs (local worker processes / Ray CPUs)")
+    _add_executor_options(explore)
+    explore.add_argument("--storage", default=None,
+                         help="Optuna storage URL shared by several drivers (default: "
+                         "sqlite:///OUT/explore.db)")
+    explore.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                         help="start no new trial after this many seconds")
+    explore.add_argument("--objective", choices=("multiplier", "multiplier+params"),
+                         default="multiplier",
+                         help="multiplier+params: Pareto front with params/dense (no pruning)")
+    explore.add_argument("--quiet", action="store_true", help="no progress lines")
+    explore.set_defaults(func=_cmd_explore)
 
     report = sub.add_parser("report", help="regenerate the report of a search from its results store")
     report.add_argument("dir", help="the --out directory of a search")

@@ -39,6 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from einsearch._checks import check_int, check_non_negative_int, check_positive_float, check_positive_int
+
+from ._io import atomic_write_text, utc_now_iso
 from .store import ResultStore, structure_meta
 
 __all__ = ["SweepSpec", "SweepOutcome", "load_spec", "preset_names", "run_sweep", "search",
@@ -104,13 +107,11 @@ class SweepSpec:
         self.structures = [str(s).strip() for s in _as_list(self.structures, "structures")]
         if not self.structures:
             raise ValueError("structures must not be empty")
-        from .store import moe_structures
-        from einsearch import resolve_structure
+        from einsearch import parse_structure
 
-        moe = moe_structures()
-        # ValueError names the bad one
-        thetas = [resolve_structure(s) for s in self.structures if s not in moe]
-        dense = resolve_structure("dense")
+        # ValueError names the bad one; MoE kinds are no point of the space (theta None)
+        thetas = [parse_structure(s).theta for s in self.structures]
+        dense = parse_structure("dense").theta
         if self.include_dense and dense not in thetas:
             self.structures.insert(0, "dense")
         self.structures = list(dict.fromkeys(self.structures))
@@ -291,31 +292,19 @@ class SweepSpec:
 
 
 def _positive_int(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ValueError(f"{name}: expected positive integers, got {v!r}")
-    return v
+    return check_positive_int(v, name, "SweepSpec")
 
 
 def _int(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{name}: expected integers, got {v!r}")
-    return v
+    return check_int(v, name, "SweepSpec")
 
 
 def _non_negative_int(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(f"{name}: expected non-negative integers, got {v!r}")
-    return v
+    return check_non_negative_int(v, name, "SweepSpec")
 
 
 def _positive_float(v: Any, name: str) -> float:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected positive numbers, got {v!r}") from None
-    if isinstance(v, bool) or not math.isfinite(x) or x <= 0:
-        raise ValueError(f"{name}: expected positive numbers, got {v!r}")
-    return x
+    return check_positive_float(v, name, "SweepSpec", coerce=True)  # YAML may give "3e-3"
 
 
 # ------------------------------------------------------------------------------------------
@@ -327,7 +316,9 @@ def preset_names() -> list[str]:
     from importlib.resources import files
 
     folder = files("einsearch.search").joinpath("presets")
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    # explore_*.yaml are `einsearch explore` presets (einsearch.search.explore), not sweeps
+    return sorted(p.name[:-5] for p in folder.iterdir()
+                  if p.name.endswith(".yaml") and not p.name.startswith("explore_"))
 
 
 def _read_preset(name: str) -> tuple[dict[str, Any], str]:
@@ -498,13 +489,11 @@ def _write_spec(spec: SweepSpec, out_dir: Path) -> None:
     from einsearch import __version__
 
     header = (f"# einsearch {__version__} sweep spec, resolved "
-              f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}.\n"
+              f"{utc_now_iso()}.\n"
               f"# Rerun or resume with: einsearch search --preset {out_dir / 'spec.yaml'} "
               f"--out {out_dir}\n")
     body = yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=None)
-    tmp = out_dir / f".spec.yaml.{os.getpid()}.tmp"
-    tmp.write_text(header + body, encoding="utf-8")
-    os.replace(tmp, out_dir / "spec.yaml")
+    atomic_write_text(out_dir / "spec.yaml", header + body)
 
 
 def _cost_key(cfg: Any) -> tuple:
