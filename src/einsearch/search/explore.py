@@ -404,8 +404,8 @@ class ExploreOutcome:
     out_dir: Path
     study_name: str
     storage: str
-    trials_run: int = 0
-    trials_total: int = 0
+    trials_run: int = 0        # trials asked by this driver
+    trials_total: int = 0      # finished (complete or pruned) trials in the study
     runs_trained: int = 0
     runs_failed: int = 0
     wall_time_s: float = 0.0
@@ -484,7 +484,7 @@ def _explore(preset, out_dir, *, trials, jobs, executor, address, storage, timeo
             runner.loop(trials, timeout, t0, outcome)
         finally:
             runner.close()
-            outcome.trials_total = len(study.trials)
+            outcome.trials_total = runner._finished()
             outcome.summary = write_outputs(study, spec, out, objective, url, final=True)
     finally:
         ex.close()
