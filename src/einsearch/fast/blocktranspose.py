@@ -31,13 +31,14 @@ from ..functional import crop_output, pad_input
 from ..plan import EinsumPlan
 from .buffers import POOL
 
-__all__ = ["run", "applies", "Layouts", "layouts"]
+__all__ = ["run", "run_staged", "applies", "Layouts", "layouts"]
 
 
 class Layouts:
     """Axis sizes and the layouts of every tensor of the formulation for one plan."""
 
-    def __init__(self, plan: EinsumPlan) -> None:
+    def __init__(self, plan: EinsumPlan, staged: bool = False) -> None:
+        self.staged = staged
         s = plan.sizes
         self.size = {"a": s.alpha, "b": s.beta, "g": s.gamma, "d": s.delta, "e": s.epsilon,
                      "f": s.phi, "r": s.rho}
@@ -60,19 +61,41 @@ class Layouts:
     def numel(self, axes: str, n: int = 1) -> int:
         return math.prod(self.dims(axes, n))
 
+    def kept(self, layout: str) -> str:
+        """``layout`` without its axes of size 1."""
+        return "".join(ax for ax in layout if ax == "n" or self.size[ax] > 1)
+
     def is_view(self, src: str, dst: str) -> bool:
         """Whether ``src -> dst`` keeps every axis of size > 1 in order (no copy needed)."""
-        keep = lambda lay: [ax for ax in lay if ax == "n" or self.size[ax] > 1]  # noqa: E731
-        return keep(src) == keep(dst)
+        return self.kept(src) == self.kept(dst)
+
+    def path(self, src: str, dst: str) -> list[str]:
+        """Layouts (size-1 axes dropped) a copy ``src -> dst`` goes through.
+
+        Plain: one copy. Staged, when the innermost axis changes: move the token axis
+        outermost keeping the innermost axis (contiguous chunks), transpose within each token
+        (a block that stays in cache), then move the token axis into place keeping the new
+        innermost axis. The planner times both variants; neither is assumed faster.
+        """
+        s, d = self.kept(src), self.kept(dst)
+        if s == d:
+            return [s]
+        if not self.staged or s[-1] == d[-1] or "n" in (s[-1], d[-1]):
+            return [s, d]
+        steps = [s]
+        for mid in ("n" + s.replace("n", ""), "n" + d.replace("n", ""), d):
+            if mid != steps[-1]:
+                steps.append(mid)
+        return steps
 
 
-_LAYOUTS: dict[EinsumPlan, Layouts] = {}
+_LAYOUTS: dict[tuple[EinsumPlan, bool], Layouts] = {}
 
 
-def layouts(plan: EinsumPlan) -> Layouts:
-    lay = _LAYOUTS.get(plan)
+def layouts(plan: EinsumPlan, staged: bool = False) -> Layouts:
+    lay = _LAYOUTS.get((plan, staged))
     if lay is None:
-        lay = _LAYOUTS[plan] = Layouts(plan)
+        lay = _LAYOUTS[(plan, staged)] = Layouts(plan, staged)
     return lay
 
 
@@ -83,13 +106,19 @@ def applies(plan: EinsumPlan) -> bool:
 
 def _permute(t: Tensor, src: str, dst: str, lay: Layouts, n: int, out: Tensor | None = None) -> Tensor:
     """``t`` (contiguous in ``src``) as a contiguous tensor in ``dst``: a view when no axis of
-    size > 1 moves, else one copy into ``out`` or a pool buffer."""
+    size > 1 moves, else copies (``lay.path``) into ``out`` or a pool buffer."""
     if lay.is_view(src, dst) and out is None:
         return t.view(lay.dims(dst, n))
     if out is None:
         out = POOL.empty(lay.dims(dst, n), t.dtype, t.device)
-    v = t.view(lay.dims(src, n)).permute([src.index(ax) for ax in dst])
-    out.view(lay.dims(dst, n)).copy_(v)
+    path = lay.path(src, dst)
+    if len(path) == 1:
+        out.view(lay.dims(dst, n)).copy_(t.view(lay.dims(src, n)))
+        return out
+    for i, (s, d) in enumerate(zip(path[:-1], path[1:])):
+        target = out if i == len(path) - 2 else POOL.empty(lay.dims(d, n), t.dtype, t.device)
+        target.view(lay.dims(d, n)).copy_(t.view(lay.dims(s, n)).permute([s.index(ax) for ax in d]))
+        t = target
     return out
 
 
@@ -127,8 +156,7 @@ class _BlockTranspose(torch.autograd.Function):
     Its input gradient is dx' in x''s layout (``_Permute``'s backward turns it into dx)."""
 
     @staticmethod
-    def forward(ctx, xp: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan, n: int):
-        lay = layouts(plan)
+    def forward(ctx, xp: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan, n: int, lay: Layouts):
         c1, c2 = (a, b) if lay.a_first else (b, a)
         g, f = lay.size["g"], lay.size["f"]
         k1, n1 = lay.numel(lay.p), lay.numel(lay.c1_3[2])
@@ -145,14 +173,13 @@ class _BlockTranspose(torch.autograd.Function):
             torch.bmm(z2.view(f, -1, k2), c2_3, out=yp.view(f, -1, n2))
             _permute(yp, lay.yp, lay.y, lay, n, out=y)
         ctx.save_for_backward(xp, a, b, z2)
-        ctx.plan, ctx.n = plan, n
+        ctx.plan, ctx.n, ctx.lay = plan, n, lay
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         xp, a, b, z2 = ctx.saved_tensors
-        plan, n = ctx.plan, ctx.n
-        lay = layouts(plan)
+        plan, n, lay = ctx.plan, ctx.n, ctx.lay
         need_x, need_a, need_b = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
             with torch.enable_grad():
@@ -160,7 +187,7 @@ class _BlockTranspose(torch.autograd.Function):
                 y = _padded_reference(x, a, b, plan)
                 inputs = [t for t, need in zip((xp, a, b), (need_x, need_a, need_b)) if need]
                 grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=True, allow_unused=True))
-            return tuple(next(grads) if need else None for need in (need_x, need_a, need_b)) + (None, None)
+            return tuple(next(grads) if need else None for need in (need_x, need_a, need_b)) + (None, None, None)
         c1, c2 = (a, b) if lay.a_first else (b, a)
         need1, need2 = (need_a, need_b) if lay.a_first else (need_b, need_a)
         g, f = lay.size["g"], lay.size["f"]
@@ -181,7 +208,7 @@ class _BlockTranspose(torch.autograd.Function):
                 dxp = POOL.empty(xp.shape, dy.dtype, dy.device)
                 torch.bmm(dz1, _core3(c1, lay.c1, lay.c1_3, lay).mT, out=dxp.view(g, -1, k1))
         ga, gb = (g1, g2) if lay.a_first else (g2, g1)
-        return dxp, ga, gb, None, None
+        return dxp, ga, gb, None, None, None
 
 
 def _padded_reference(x: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan) -> Tensor:
@@ -193,13 +220,19 @@ def _padded_reference(x: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan) -> Tens
     return torch.einsum(plan.eq_second, z, second).reshape(n, plan.d_out_padded)
 
 
-def run(x: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan) -> Tensor:
-    """(n, d_in) -> (n, d_out) through the block-transpose program (both cores non-trivial)."""
-    lay = layouts(plan)
+def run(x: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan, staged: bool = False) -> Tensor:
+    """(n, d_in) -> (n, d_out) through the block-transpose program (both cores non-trivial);
+    ``staged``: copies that move the innermost axis go in cache-friendly steps (``Layouts.path``)."""
+    lay = layouts(plan, staged)
     n = x.shape[0]
     xp = pad_input(x, plan)
     if lay.is_view(lay.x, lay.xp):
         xp = xp.contiguous().view(lay.dims(lay.xp, n))
     else:
         xp = _Permute.apply(xp, lay.x, lay.xp, lay, n)
-    return crop_output(_BlockTranspose.apply(xp, a, b, plan, n), plan)
+    return crop_output(_BlockTranspose.apply(xp, a, b, plan, n, lay), plan)
+
+
+def run_staged(x: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan) -> Tensor:
+    """``run`` with staged copies (a separate candidate for the planner)."""
+    return run(x, a, b, plan, staged=True)

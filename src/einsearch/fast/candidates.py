@@ -5,7 +5,8 @@ gradients) for the plans it applies to:
 
 * ``layout``: the layout-search program (``fast/layout.py``); what ``estimate`` mode runs.
 * ``block_transpose``: the plain block-transpose formulation (``fast/blocktranspose.py``);
-  plans whose two cores both carry parameters.
+  plans whose two cores both carry parameters. ``block_transpose_staged``: the same with each
+  copy that moves the innermost axis done in cache-friendly steps.
 * ``reference``: the two ``torch.einsum`` calls of ``functional.einsum_linear_reference``.
 * ``compiled_reference``: the reference through ``torch.compile`` (only in ``patient`` mode,
   and only where a C++ compiler runs; compiling costs tens of seconds per plan on a small CPU
@@ -33,7 +34,7 @@ __all__ = ["Candidate", "candidates", "candidate", "compiler_available", "NAMES"
 
 log = logging.getLogger("einsearch.fast")
 
-NAMES = ("layout", "block_transpose", "reference", "compiled_reference")
+NAMES = ("layout", "block_transpose", "block_transpose_staged", "reference", "compiled_reference")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ _ALL = {
     "layout": Candidate("layout", layout.run, "layout search (estimated copy costs)"),
     "block_transpose": Candidate("block_transpose", blocktranspose.run,
                                  "block transpose: x->(g,n,q,p), bmm, copy, bmm, transpose back"),
+    "block_transpose_staged": Candidate("block_transpose_staged", blocktranspose.run_staged,
+                                        "block transpose, copies that move the innermost axis in cached steps"),
     "reference": Candidate("reference", einsum_linear_reference, "two torch.einsum calls"),
     "compiled_reference": Candidate("compiled_reference", _run_compiled, "torch.compile of the two einsums"),
 }
@@ -99,7 +102,7 @@ def candidates(plan: EinsumPlan, compiled: bool = False) -> list[Candidate]:
         return [_ALL["reference"]]
     out = [_ALL["layout"]]
     if blocktranspose.applies(plan):
-        out.append(_ALL["block_transpose"])
+        out += [_ALL["block_transpose"], _ALL["block_transpose_staged"]]
     out.append(_ALL["reference"])
     if compiled and compiler_available():
         out.append(_ALL["compiled_reference"])
