@@ -17,12 +17,12 @@ import time
 import warnings
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
 import baseline
 import roofline
+import torch
 from common import interleaved, median, paired_ratio, progress, repeats_for, wait_for_quiet
+from torch import nn
+
 from einsearch import EinsumLinear, Theta, fast
 from einsearch.plan import make_plan
 
@@ -139,7 +139,8 @@ def _checks(row: dict, dense_gflops: float, bw_gbs: float) -> list[dict]:
     """Each target of the row: met or short, and why."""
     out = []
     if row["target"] is not None:
-        eff, tgt, roof, roof_g = row["eff_fast"], row["target"], row["roofline_ceiling"], row["roofline_ceiling_gemm_only"]
+        eff, tgt = row["eff_fast"], row["target"]
+        roof, roof_g = row["roofline_ceiling"], row["roofline_ceiling_gemm_only"]
         if eff >= tgt:
             why = f"{eff:.2f} >= {tgt:.2f}"
         elif tgt > roof_g:

@@ -14,11 +14,10 @@ bandwidth into a reused buffer. Then, with efficiency = (t_dense / t) / (FLOPs_d
 from __future__ import annotations
 
 import torch
+from common import interleaved, median
 
 from einsearch.fast.blocktranspose import layouts
 from einsearch.plan import EinsumPlan
-
-from common import interleaved, median
 
 F32 = 4
 

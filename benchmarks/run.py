@@ -37,13 +37,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import torch  # noqa: E402
-
-from einsearch import fast  # noqa: E402
-
 import efficiency  # noqa: E402
 import throughput  # noqa: E402
+import torch  # noqa: E402
 from common import progress  # noqa: E402
+
+from einsearch import fast  # noqa: E402
 
 
 def _parse(argv):

@@ -10,13 +10,13 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from conftest import NAMED_STRUCTURES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_theta import thetas
 
 from einsearch import EinsumLinear, Theta, fast, make_plan
 from einsearch.functional import einsum_linear_reference
-
-from conftest import NAMED_STRUCTURES
-from test_theta import thetas
 
 f64 = torch.float64
 

@@ -170,7 +170,7 @@ def test_planning_leaves_the_global_rng_alone():
 
 def test_import_does_not_touch_malloc(tmp_path):
     """Importing einsearch and running a planned forward/backward calls no mallopt, sets no env."""
-    code = f"""
+    code = """
 import ctypes, os
 import torch  # torch itself loads its libraries through ctypes: patch after it
 real = ctypes.CDLL

@@ -29,8 +29,7 @@ from .buffers import POOL, BufferPool
 from .cache import PlanCache, cache_dir, machine_key
 from .candidates import Candidate, candidate, candidates, compiler_available
 from .layout import GemmSpec, Program, describe, program
-from .planner import (MODES, Planner, PlannerConfig, PlanRecord, bucket, configure, get_planner,
-                      planner_report)
+from .planner import MODES, Planner, PlannerConfig, PlanRecord, bucket, configure, get_planner, planner_report
 from .tune import format_records, tune
 
 __all__ = [

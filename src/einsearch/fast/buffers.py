@@ -51,7 +51,7 @@ class BufferPool:
 
     @staticmethod
     def _in_use(storage) -> bool:
-        return _use_count(storage._cdata) > 1
+        return _use_count is None or _use_count(storage._cdata) > 1
 
     def empty(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> Tensor:
         """An uninitialized contiguous tensor of ``shape`` (a reused buffer when one is free)."""

@@ -103,8 +103,9 @@ class PlanCache:
 
     def put(self, entry: str, record: dict) -> bool:
         """Store a record and write the file (merged with what is on disk); False if unwritable."""
-        self.entries()[entry] = record
-        merged = {**self._read(), **self._entries}
+        mine = self.entries()
+        mine[entry] = record
+        merged = {**self._read(), **mine}
         payload = {"schema": SCHEMA, "key": self.key, "machine": self.info, "entries": merged}
         try:
             self.directory.mkdir(parents=True, exist_ok=True)

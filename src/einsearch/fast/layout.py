@@ -51,7 +51,8 @@ _Y_AXES = "ndef"
 
 # --------------------------------------------------------------------------- estimate heuristic
 # ESTIMATE-MODE HEURISTIC (not a measurement of this machine): prices in units of "one element
-# copied" (read + write), measured once on another CPU (2 cores, AVX-512) with 2048 tokens: contiguous copy 1.0; a permute keeping the innermost axis ~1.1; a per-token
+# copied" (read + write), measured once on another CPU (2 cores, AVX-512) with 2048 tokens:
+# contiguous copy 1.0; a permute keeping the innermost axis ~1.1; a per-token
 # transpose ~2.3; a large 2-D transpose ~6 (torch's blocked kernel is single-threaded); any
 # other strided permute 10-25.
 _PRICE_BLOCK = 1.1
@@ -148,7 +149,7 @@ def _relayout_path(src: str, dst: str, sizes: tuple[tuple[str, int], ...]) -> tu
     def price(s: str, d: str) -> float:
         return _price(s, d, sizes)
 
-    best = (price(src, dst), (src, dst))
+    best: tuple[float, tuple[str, ...]] = (price(src, dst), (src, dst))
     if best[0] <= _PRICE_PER_TOKEN:
         return best
     # Two cheap steps: a per-token transpose (token axis outermost) and a permute that keeps
@@ -224,6 +225,12 @@ class Program:
     cost_forward: float = 0.0     # elements moved per token (price-weighted)
     cost_backward: float = 0.0
 
+    def specs(self) -> tuple[GemmSpec, GemmSpec, GemmSpec, GemmSpec]:
+        """(f1, f2, b1, b2) of a two-step program."""
+        if self.f1 is None or self.f2 is None or self.b1 is None or self.b2 is None:
+            raise ValueError(f"a {self.kind!r} program has no GEMM specs")
+        return self.f1, self.f2, self.b1, self.b2
+
     @property
     def cost(self) -> float:
         return self.cost_forward + self.cost_backward
@@ -233,7 +240,7 @@ class Program:
         """Both steps are plain row-major 2-D GEMMs on x, z and y as they are (low rank)."""
         if self.kind != "two_step":
             return False
-        f1, f2, b1, b2 = self.f1, self.f2, self.b1, self.b2
+        f1, f2, _, _ = self.specs()
         return (f1.batch == f2.batch == "" and f1.l_layout == self.x_axes == f1.m + f1.k
                 and f1.o_layout == self.z2_layout == f1.m + f1.n_ == f2.m + f2.k
                 and f2.o_layout == self.y_axes == f2.m + f2.n_)
@@ -415,6 +422,8 @@ def _search(bt1, M1, K1, N1, bt2, M2, K2, N2, m1, m2, x_axes, z_axes, y_axes, x_
             total = c_x + zb[0] + c_dy + db[0]
             if best is None or total < best[0] - 1e-9:
                 best = (total, (lx, k1), (ldy, n2b), zb, db, c_x + zb[0], c_dy + db[0])
+    if best is None:  # no readable layouts (checked above); keeps the type checker honest
+        return None
     _, (lx, k1), (ldy, n2b), (_, z, z2), (_, dz, dz1), cost_f, cost_b = best
     lz, n1, lz2, k2 = z[0], z[1], z2[0], z2[1]
     ldz, k2b, ldz1, n1b = dz[0], dz[1], dz1[0], dz1[1]
@@ -442,10 +451,11 @@ def describe(plan: EinsumPlan) -> str:
         b = f"{spec.batch}:" if spec.batch else ""
         return f"[{b}{spec.m or '1'}x{spec.k or '1'}x{spec.n_ or '1'}]"
 
-    z = p.f1.o_layout if p.f1.o_layout == p.z2_layout else f"{p.f1.o_layout}->{p.z2_layout}"
-    dz = p.b2.o_layout if p.b2.o_layout == p.dz1_layout else f"{p.b2.o_layout}->{p.dz1_layout}"
-    return (f"fwd x'={p.f1.l_layout} {step(p.f1)} z={z} {step(p.f2)} y'={p.f2.o_layout}; "
-            f"bwd dy'={p.b2.l_layout} dz={dz} dx'={p.b1.o_layout}; "
+    f1, f2, b1, b2 = p.specs()
+    z = f1.o_layout if f1.o_layout == p.z2_layout else f"{f1.o_layout}->{p.z2_layout}"
+    dz = b2.o_layout if b2.o_layout == p.dz1_layout else f"{b2.o_layout}->{p.dz1_layout}"
+    return (f"fwd x'={f1.l_layout} {step(f1)} z={z} {step(f2)} y'={f2.o_layout}; "
+            f"bwd dy'={b2.l_layout} dz={dz} dx'={b1.o_layout}; "
             f"moved/token={p.cost_forward:.0f}+{p.cost_backward:.0f}")
 
 
@@ -596,7 +606,7 @@ def _memory_order(t: Tensor, axes: str) -> str | None:
     """The axis order in which ``t`` (dims named ``axes``) is contiguous in memory, if any."""
     if t.is_contiguous():
         return axes
-    order = sorted(range(t.dim()), key=lambda i: (t.size(i) > 1, t.stride(i)), reverse=True)
+    order = sorted(range(t.dim()), key=lambda i: (t.shape[i] > 1, t.stride(i)), reverse=True)
     if t.permute(order).is_contiguous():
         return "".join(axes[i] for i in order)
     return None
@@ -612,7 +622,7 @@ class _TwoStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xp: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan, prog: Program, shape: dict[str, int]):
-        f1, f2 = prog.f1, prog.f2
+        f1, f2, _, _ = prog.specs()
         which1 = prog.core1
         which2 = "b" if which1 == "a" else "a"
         c1, c2 = (a, b) if which1 == "a" else (b, a)
@@ -637,7 +647,7 @@ class _TwoStep(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
             return (*_reference_grads(xp, a, b, dy, ctx.plan, prog, shape, (need_x, need_a, need_b)),
                     None, None, None)
-        f1, f2, b1, b2 = prog.f1, prog.f2, prog.b1, prog.b2
+        f1, f2, b1, b2 = prog.specs()
         which1 = prog.core1
         which2 = "b" if which1 == "a" else "a"
         c1, c2 = (a, b) if which1 == "a" else (b, a)
@@ -665,7 +675,7 @@ def _reference_grads(xp, a, b, dy, plan, prog, shape, needs):
     """First-order gradients through the reference path, differentiably (double backward)."""
     n = shape[TOKEN]
     with torch.enable_grad():
-        lay = prog.f1.l_layout
+        lay = prog.specs()[0].l_layout
         x = xp.permute([lay.index(ax) for ax in prog.x_axes]).reshape(n, plan.d_in_padded)
         s = plan.sizes
         xs = x.reshape(n, s.alpha, s.beta, s.gamma)
@@ -694,14 +704,15 @@ def run(x: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan) -> Tensor:
     xs = xp.view([shape[ax] for ax in prog.x_axes]) if xp.is_contiguous() else \
         xp.reshape([shape[ax] for ax in prog.x_axes])
     if prog.is_chain:  # two plain row-major GEMMs (low rank): autograd's mm backward is optimal
-        f1, f2 = prog.f1, prog.f2
+        f1, f2, _, _ = prog.specs()
         c1, c2 = (a, b) if prog.core1 == "a" else (b, a)
         which2 = "b" if prog.core1 == "a" else "a"
         z = xs.reshape(-1, _prod(shape[ax] for ax in f1.k)) @ _core2d(c1, prog.core1, f1, shape)
         y = z.view(-1, _prod(shape[ax] for ax in f2.k)) @ _core2d(c2, which2, f2, shape)
         return crop_output(y.view(shape[TOKEN], plan.d_out_padded), plan)
-    if prog.f1.l_layout != prog.x_axes:
-        xs = _Relayout.apply(xs, prog.x_axes, prog.f1.l_layout, shape)
+    x_layout = prog.specs()[0].l_layout
+    if x_layout != prog.x_axes:
+        xs = _Relayout.apply(xs, prog.x_axes, x_layout, shape)
     elif not xs.is_contiguous():
         xs = xs.contiguous()
     return crop_output(_TwoStep.apply(xs, a, b, plan, prog, shape), plan)

@@ -235,7 +235,7 @@ class Planner:
             if now - started + (now - t_round) > budget:
                 break
         med = {name: 1e3 * statistics.median(ts) for name, ts in times.items() if ts}
-        choice = min(med, key=med.get) if med else "reference"
+        choice = min(med, key=lambda name: med[name]) if med else "reference"
         return PlanRecord(entry, str(plan.theta), choice, self.config.mode, "measured", tokens, med, rounds,
                           time.perf_counter() - started, failed)
 
