@@ -45,14 +45,17 @@ def spec_of(**kw) -> SweepSpec:
 
 def test_presets_ship_and_load(fake_config):
     names = preset_names()
-    assert {"demo", "tiny", "charlm_small"} <= set(names)
+    assert {"demo", "tiny", "charlm_small", "moe", "lm"} <= set(names)
     for name in names:
         spec = load_spec(name)
         assert spec.structures[0] == "dense" and spec.widths and spec.configs()
     demo = load_spec("demo")
-    assert len(demo.structures) >= 9 and len(demo.widths) >= 3
-    assert {"low_rank", "kronecker", "tensor_train", "monarch", "btt", "low_rank_btt"} <= set(
-        demo.structures)
+    assert len(demo.structures) >= 7 and len(demo.widths) >= 3 and len(demo.seeds) >= 3
+    assert {"low_rank", "kronecker", "tensor_train", "monarch", "btt"} <= set(demo.structures)
+    assert any(s.startswith("(") for s in demo.structures)  # a theta no named structure is
+    assert demo.match_compute and demo.train.get("log_points")
+    for name in ("moe", "lm"):
+        assert load_spec(name).match_compute and len(load_spec(name).seeds) >= 3
     tiny = load_spec("tiny")
     assert tiny.structures == ["dense", "btt"] and len(tiny.configs()) == 4
 
