@@ -26,10 +26,11 @@ import json
 import math
 import os
 import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from ._io import utc_now_iso
 
 __all__ = ["ResultStore", "RunRow", "PointRow", "StoreError", "SCHEMA_VERSION", "FINAL_STATUSES"]
 
@@ -135,32 +136,26 @@ def _config_dict(config: Any) -> dict[str, Any]:
     return dict(vars(config))
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def moe_structures() -> tuple[str, ...]:
     """Structure names that are mixtures of experts rather than points of the theta space."""
-    try:
-        from .train import MOE_STRUCTURES
-    except ImportError:  # pragma: no cover - trainer unavailable
-        return ()
-    return tuple(MOE_STRUCTURES)
+    from einsearch import parse_structure, structure_kinds
+
+    return tuple(k for k in structure_kinds() if parse_structure(k).is_moe)
 
 
 def structure_meta(structure: str) -> dict[str, Any]:
     """theta text and taxonomy (omega, psi, nu) of a structure name or theta text.
 
-    MoE structures (``"moe"``, ``"btt_moe"``) are not single points of the space: their theta
-    and taxonomy are recorded as unknown (NULL).
+    Structures that are not single points of the space (the MoE kinds ``"moe"``,
+    ``"btt_moe"``) have no theta or taxonomy: recorded as unknown (NULL).
     """
-    from einsearch import resolve_structure, taxonomy
+    from einsearch import parse_structure
 
-    if structure in moe_structures():
+    config = parse_structure(structure)
+    tax = config.taxonomy()
+    if config.theta is None or tax is None:
         return {"theta": None, "omega": None, "psi": None, "nu": None}
-    theta = resolve_structure(structure)
-    tax = taxonomy(theta)
-    return {"theta": str(theta), "omega": tax.omega, "psi": tax.psi, "nu": tax.nu}
+    return {"theta": str(config.theta), "omega": tax.omega, "psi": tax.psi, "nu": tax.nu}
 
 
 class ResultStore:
@@ -197,7 +192,7 @@ class ResultStore:
     # -- schema -----------------------------------------------------------------------------
     def _create(self) -> None:
         meta = [("application", APPLICATION), ("schema_version", str(SCHEMA_VERSION)),
-                ("created_at", _now())]
+                ("created_at", utc_now_iso())]
         inserts = "".join(
             f"INSERT OR IGNORE INTO einsearch_meta (key, value) VALUES ('{k}', '{v}');"
             for k, v in meta)
@@ -306,7 +301,7 @@ class ResultStore:
             "wall_time_s": _finite_or_none(wall_time_s),
             "final_eval_loss": _finite_or_none(final_eval_loss),
             "config_json": json.dumps(cfg, sort_keys=True, default=str),
-            "finished_at": _now(),
+            "finished_at": utc_now_iso(),
             "error": error,
         }
         cols = ", ".join(_RUN_COLUMNS)

@@ -43,7 +43,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from einsearch import aux_loss, moeify, param_groups, resolve_structure, structurize
+from einsearch import StructureConfig, aux_loss, param_groups, parse_structure, structure_kinds, structurize
+from einsearch._checks import check_non_negative_float, check_non_negative_int, check_positive_float, check_positive_int
 
 from .tasks import Task, get_task, task_names, task_options
 
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 SCHEDULES = ("constant", "cosine")
 #: MoE structures: "btt_moe" = a BTTMoELinear in every structured layer, "moe" = the dense model
 #: with a standard FFN MoE (``einsearch.moe.MoEFFN``) in every transformer block
-MOE_STRUCTURES = ("btt_moe", "moe")
+MOE_STRUCTURES = tuple(k for k in structure_kinds() if parse_structure(k).is_moe)
 #: experts of an MoE structure when ``TrainConfig.num_experts`` is None
 DEFAULT_NUM_EXPERTS = 8
 #: cosine decays the LR from its peak to this fraction of it at the last step
@@ -133,28 +134,20 @@ class TrainConfig:
         if not isinstance(self.structure, str):
             raise bad("structure", "a structure name or theta text '(a|b|g|d|e|f|r)'")
         try:
-            if self.structure not in MOE_STRUCTURES:
-                resolve_structure(self.structure)
+            parse_structure(self.structure)
         except (ValueError, TypeError) as err:
             raise ValueError(f"TrainConfig.structure={self.structure!r} is not a valid structure: {err}") from None
         for name in ("width", "base_width", "steps", "batch_size", "log_every", "block_size", "top_k"):
-            v = getattr(self, name)
-            if not _is_int(v) or v < 1:
-                raise bad(name, "a positive integer")
+            check_positive_int(getattr(self, name), f"TrainConfig.{name}")
         for name in ("seed", "warmup_steps", "eval_batches"):
-            v = getattr(self, name)
-            if not _is_int(v) or v < 0:
-                raise bad(name, "a non-negative integer")
+            check_non_negative_int(getattr(self, name), f"TrainConfig.{name}")
         if self.log_points is not None and (not _is_int(self.log_points) or self.log_points < 2):
             raise bad("log_points", "None (log every log_every steps) or an integer >= 2")
         if self.depth is not None and (not _is_int(self.depth) or self.depth < 1):
             raise bad("depth", "None (task default) or a positive integer")
-        if not _is_num(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise bad("lr", "a positive finite number")
+        check_positive_float(self.lr, "TrainConfig.lr")
         for name in ("weight_decay", "aux_loss_weight"):
-            v = getattr(self, name)
-            if not _is_num(v) or not math.isfinite(v) or v < 0:
-                raise bad(name, "a non-negative finite number")
+            check_non_negative_float(getattr(self, name), f"TrainConfig.{name}")
         if not _is_num(self.divergence_factor) or not self.divergence_factor > 1:
             raise bad("divergence_factor", "a number > 1")
         if self.schedule not in SCHEDULES:
@@ -172,6 +165,13 @@ class TrainConfig:
                 raise bad("num_experts", "None (no MoE) or a positive integer")
             if self.top_k > self.num_experts:
                 raise ValueError(f"TrainConfig.top_k must be <= num_experts={self.num_experts}, got {self.top_k!r}")
+
+    def structure_config(self) -> StructureConfig:
+        """``structure`` as a typed config; an MoE kind gets ``num_experts`` (None: 8) and ``top_k``."""
+        config = parse_structure(self.structure)
+        if config.is_moe:
+            config = parse_structure(config, num_experts=self.num_experts or DEFAULT_NUM_EXPERTS, top_k=self.top_k)
+        return config
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -254,14 +254,10 @@ def build_model(config: TrainConfig, task: Task | None = None) -> tuple[Task, nn
     """
     task = task if task is not None else _task_for(config)
     model = task.build_model(config.width, seed=config.seed)
-    moe = {"num_experts": config.num_experts or DEFAULT_NUM_EXPERTS, "top_k": config.top_k}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        if config.structure == "moe":  # FFN experts in every block; the rest stays dense
-            moeify(model, **moe)
-        structure = "dense" if config.structure == "moe" else config.structure
-        extra = moe if config.structure == "btt_moe" else {}
-        structurize(model, structure, select=task.structured_select, einsum_norm=config.einsum_norm, **extra)
+        # the structure's handler: EinsumLinear layers, BTT-MoE layers, or FFN experts + dense layers
+        structurize(model, config.structure_config(), select=task.structured_select, einsum_norm=config.einsum_norm)
     return task, model
 
 
@@ -342,6 +338,7 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
                 config.run_id(), config.task, config.structure, config.width, params, flops_per_token, config.steps)
 
     log_at = set(config.log_steps())
+    is_moe = config.structure_config().is_moe  # MoE layers add their auxiliary loss
     points: list[Point] = []
     status, diverged_step = "finished", None
     initial_loss: float | None = None
@@ -361,7 +358,7 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
                            config.run_id(), step, value, initial_loss, config.divergence_factor)
             break
         optimizer.zero_grad(set_to_none=True)
-        if config.structure in MOE_STRUCTURES:
+        if is_moe:
             loss = loss + config.aux_loss_weight * aux_loss(model)
         loss.backward()
         optimizer.step()
