@@ -19,12 +19,19 @@ Spec file format (YAML; TOML with the same keys)::
     description: free text (optional)
     task: regression
     structures: [dense, btt, "low_rank(0.5)", "(0.5|0.25|0.25|0.25|0.5|0.25|0)"]
-    widths: [32, 64, 128]
-    seeds: [0]
-    lrs: [0.003]
+    widths: [32, 64, 128]   # or per structure: {dense: [32, 64], btt: [64, 128, 256]}
+    match_compute: true     # structures without widths of their own get dense's FLOPs/token
+    max_width_factor: 8     # ... from widths up to 8 x dense's largest (default 8)
+    seeds: [0, 1, 2]
+    lrs: [0.003]            # several: each is trained (the analysis keeps the best)
     train:            # any other TrainConfig field
       steps: 400
       batch_size: 128
+      log_points: 30  # log on ~30 log-spaced steps
+      # base_width (muP): defaults to dense's smallest width
+
+``einsearch search --dry-run`` prints the run table without training; ``--lr-check`` trains
+each structure at 1/3, 1 and 3 x the transferred lr (:mod:`einsearch.search.runplan`).
 """
 
 from __future__ import annotations
