@@ -106,3 +106,58 @@ def fake_train(config, progress=None):
     if progress is not None:
         progress(config.steps, r.points[-1].train_loss)
     return r
+
+
+# ------------------------------------------------------------------------------------------
+# runs in the compute-optimal regime, for the report's estimator (analysis.analyze)
+
+#: dense's law in the scaling fakes: L_dense(C) = LAW_A * C ** -LAW_B
+LAW_A, LAW_B = 16.0, 0.15
+
+
+def scaling_law(m: float = 1.0, b: float = LAW_B, pivot_loss: float | None = None) -> dict:
+    """A structure's law ``{"a", "b", "cost"}`` with multiplier ``m`` over dense.
+
+    ``b == LAW_B``: parallel laws, m(L) = m at every loss (a = LAW_A m^-b). Otherwise m is
+    ``m`` at ``pivot_loss`` and m(L) = C_dense(L) / C_S(L) varies with L (see :func:`true_m`).
+    ``cost`` (FLOPs per token relative to dense at equal width) is ``m``, so S's runs sit where
+    a structure m times cheaper per width would.
+    """
+    if b == LAW_B or pivot_loss is None:
+        return {"a": LAW_A * m ** -b, "b": b, "cost": m}
+    c_dense = (pivot_loss / LAW_A) ** (-1.0 / LAW_B)
+    c_s = c_dense / m
+    return {"a": pivot_loss * c_s ** b, "b": b, "cost": m}
+
+
+def true_m(law: dict, loss: float) -> float:
+    """m(L) = C_dense(L) / C_S(L) of a :func:`scaling_law`."""
+    return (loss / LAW_A) ** (-1.0 / LAW_B) / (loss / law["a"]) ** (-1.0 / law["b"])
+
+
+def make_scaling_result(structure: str, width: int, seed: int, law: dict, *, steps: int = 400,
+                        n_points: int = 24, sigma_seed: float = 0.02, sigma_point: float = 0.004,
+                        transient: float = 1.0, task: str = "regression",
+                        lr: float = 3e-3) -> FakeResult:
+    """One run whose curve, once its transient has died, lies on ``law`` (:func:`scaling_law`):
+
+        C_t = 6 * 4 width^2 / cost * 128 t,
+        L_t = a C_t^-b * (1 + transient * exp(-t / (0.05 steps))) * exp(sigma_seed z + sigma_point z_t)
+
+    logged (train and eval) on ``n_points`` log-spaced steps, z ~ N(0, 1) drawn from a stable
+    per-(structure, width, seed) generator. The frontier over widths is then the law itself.
+    """
+    cfg = FakeConfig(task=task, structure=structure, width=width, seed=seed, steps=steps, lr=lr)
+    params = int(4 * width * width / law.get("cost", 1.0))
+    fpt = 6.0 * 4 * width * width / law.get("cost", 1.0)
+    rng = np.random.default_rng(zlib.crc32(f"scaling|{structure}|{width}|{seed}".encode()))
+    shift = float(rng.normal(0.0, sigma_seed))
+    log_steps = np.unique(np.round(np.geomspace(1, steps, n_points)).astype(int))
+    points = []
+    for step in log_steps:
+        tokens = int(step) * 128
+        c = fpt * tokens
+        loss = law["a"] * c ** -law["b"] * (1.0 + transient * np.exp(-step / (0.05 * steps)))
+        loss *= float(np.exp(shift + rng.normal(0.0, sigma_point)))
+        points.append(Point(int(step), tokens, c, loss, loss))
+    return FakeResult(cfg, "finished", params, fpt, points, 0.01, points[-1].eval_loss)

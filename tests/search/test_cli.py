@@ -70,13 +70,23 @@ def test_report_options_reach_the_report(tmp_path, capsys):
         for name in ("dense", "btt"):
             for w in (32, 64, 128):
                 st.record(make_result(name, w, steps=40))
-    assert main(["report", str(tmp_path), "--loss", "eval", "--bootstrap", "0"]) == 0
+    assert main(["report", str(tmp_path), "--loss", "train", "--bootstrap", "0", "--transient", "0.5",
+                 "--offset", "none"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert "eval" in summary["estimator"]["loss"]
+    st = summary["settings"]
+    assert (st["loss"], st["n_bootstrap"], st["transient_fraction"], st["offset_requested"]) == ("train", 0, 0.5, None)
     btt = next(r for r in summary["structures"] if r["name"] == "btt")
-    assert btt["compute_multiplier"] > 1 and btt["compute_multiplier_ci"] == [None, None]
-    with pytest.raises(SystemExit):
-        main(["report", str(tmp_path), "--bootstrap", "-1"])
-    assert "non-negative integer" in capsys.readouterr().err
+    assert btt["compute_multiplier"] > 1 and btt["compute_multiplier_ci"] is None
+    ref = btt["multiplier_by_loss"][1]["loss"]
+    assert main(["report", str(tmp_path), "--bootstrap", "0", "--offset", "shared",
+                 "--reference-loss", str(ref)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["settings"]["loss"] == "eval" and summary["settings"]["offset_requested"] == "shared"
+    for bad, message in ((["--bootstrap", "-1"], "non-negative integer"), (["--transient", "1"], "[0, 1)"),
+                         (["--offset", "free"], "none, shared or a number"),
+                         (["--reference-loss", "0"], "> 0")):
+        with pytest.raises(SystemExit):
+            main(["report", str(tmp_path), *bad])
+        assert message in capsys.readouterr().err
     assert main(["report", str(tmp_path), "--task", "charlm"]) == 2
     assert "no runs of task 'charlm'" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Callable
 
@@ -28,6 +29,46 @@ def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1, "positive")
 _non_negative_int = _int_at_least(0, "non-negative")
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """``--transient``: a fraction in [0, 1)."""
+    value = _float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value:g}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value:g}")
+    return value
+
+
+def _offset(text: str) -> str | float | None:
+    """``--offset``: ``none``, ``shared`` or a fixed E >= 0."""
+    if text.strip().lower() == "none":
+        return None
+    if text.strip().lower() == "shared":
+        return "shared"
+    try:
+        value = _float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected none, shared or a number E >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected none, shared or a number E >= 0, got {value:g}")
+    return value
 
 
 def info_table(structure: str, d_in: int, d_out: int) -> str:
@@ -134,7 +175,9 @@ def _add_executor_options(p: argparse.ArgumentParser) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    summary = write_report(args.dir, task=args.task, loss=args.loss, n_bootstrap=args.bootstrap)
+    summary = write_report(args.dir, task=args.task, loss=args.loss, n_bootstrap=args.bootstrap,
+                           transient=args.transient, offset=args.offset,
+                           reference_loss=args.reference_loss)
     print(f"wrote {args.dir}/report.md, summary.json and plots for task {summary['task']!r} "
           f"({len(summary['structures'])} structures)")
     return 0
@@ -217,10 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="regenerate the report of a search from its results store")
     report.add_argument("dir", help="the --out directory of a search")
     report.add_argument("--task", default=None, help="which task, when the store holds several")
-    report.add_argument("--loss", choices=("train", "eval"), default="train",
-                        help="frontiers from the window-mean training loss (default) or the eval loss")
+    report.add_argument("--loss", choices=("eval", "train"), default="eval",
+                        help="frontiers from the held-out loss (default) or the window-mean training loss")
     report.add_argument("--bootstrap", type=_non_negative_int, default=200, metavar="N",
-                        help="bootstrap replicates for the multiplier intervals (0: no intervals)")
+                        help="seed-bootstrap replicates for the multiplier intervals (0: no intervals)")
+    report.add_argument("--transient", type=_fraction, default=0.3, metavar="F",
+                        help="fraction of each run's steps left out as the optimisation transient "
+                        "(default 0.3)")
+    report.add_argument("--offset", type=_offset, default=None, metavar="none|shared|E",
+                        help="law L = a C^-b (none, default), L = E + a C^-b with one E shared by "
+                        "all structures and adopted only if it lowers AIC by > 10 (shared), or a "
+                        "fixed E")
+    report.add_argument("--reference-loss", type=_positive_float, default=None, metavar="L",
+                        help="loss of the headline multiplier (default: per structure, the lowest "
+                        "loss both it and dense reach)")
     report.set_defaults(func=_cmd_report)
 
     tune = sub.add_parser("tune", help="plan ahead: time the fast path's candidate programs, cache the choices",

@@ -1,51 +1,81 @@
 """Report of a sweep: summary.json, plots and report.md, from the results store alone.
 
-``write_report(out_dir)`` reads ``out_dir/results.sqlite`` (nothing else) and writes, each file
-atomically (temporary file, then ``os.replace``):
+``write_report(out_dir)`` reads ``out_dir/results.sqlite`` (nothing else), measures every
+structure's compute multiplier over dense with :func:`einsearch.search.analysis.analyze`
+(seed-averaged frontiers without the transient, laws fitted in a common compute window,
+m(L) = C_dense(L) / C_S(L) without extrapolation, seed-bootstrap intervals; docs/design.md
+section 6) and writes:
 
-* ``summary.json``        per structure: theta, taxonomy, params, exponent, multiplier + CI
-* ``loss_vs_compute.png`` every run's curve (faint), each structure's frontier and fit (bold)
-* ``taxonomy_omega.png``, ``taxonomy_psi.png``, ``taxonomy_nu.png``: frontiers coloured by
-  that taxonomy value
-* ``multipliers.png``     compute multiplier over dense with 95 % bootstrap intervals
-* ``report.md``           the plots, a paper-ready table and a short written reading
+* ``summary.json``           settings, notes and per structure: ``compute_multiplier`` at
+  ``reference_loss`` with ``compute_multiplier_ci`` (null: no interval), ``multiplier_by_loss``,
+  ``exponent``, ``exponent_delta``, ``varies``, ``omega``/``psi``/``nu`` (null for MoE kinds),
+  ``diagnostics``; ``head_to_head`` for structures with a ``baseline`` (BTT-MoE vs FFN-MoE)
+* ``loss_vs_compute.png``    seed-averaged curves (faint), frontier points, fitted laws inside
+  their window (solid), the window (shaded), dense's law in the same window (dashed)
+* ``multiplier_vs_loss.png`` m(L) per structure with its bootstrap band
+* ``multipliers.png``        headline m at the reference loss with its interval, coloured by psi
+* ``taxonomy_{omega,psi,nu}.png``: headline m against each taxonomy value
+* ``report.md``              a reading that claims only what the intervals support, tables,
+  diagnostics and the figures
 
-The estimators are those of :mod:`einsearch.scaling`.
+Everything is computed and rendered in memory first; only then is each file written
+atomically (temporary file, then ``os.replace``), so an error leaves the previous report (or
+none), never a half-written one.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from .scaling import (DEFAULT_TOLERANCE, StructureFit, bootstrap_multiplier, compute_multiplier,
-                      fit_structure)
-from .store import PointRow, ResultStore, RunRow
+from ._io import atomic_write_bytes, utc_now_iso
+from .analysis import (
+    DEFAULT_TRANSIENT_FRACTION,
+    MIN_SEEDS_FOR_INTERVAL,
+    VARIES_FACTOR,
+    AnalysisResult,
+    Curve,
+    StructureAnalysis,
+    analyze,
+    curves_from_store,
+    select_lrs,
+)
+from .store import ResultStore, RunRow
 
-__all__ = ["write_report", "analyze_store", "StructureSummary", "STORE_NAME", "PLOT_NAMES"]
+__all__ = ["write_report", "build_report", "StructureInfo", "STORE_NAME", "PLOT_NAMES", "LOSSES"]
+
+logger = logging.getLogger(__name__)
 
 STORE_NAME = "results.sqlite"
-PLOT_NAMES = ("loss_vs_compute.png", "taxonomy_omega.png", "taxonomy_psi.png",
-              "taxonomy_nu.png", "multipliers.png")
+PLOT_NAMES = ("loss_vs_compute.png", "multiplier_vs_loss.png", "multipliers.png",
+              "taxonomy_omega.png", "taxonomy_psi.png", "taxonomy_nu.png")
+LOSSES = ("eval", "train")
 _DENSE_THETA = "(1|0|0|1|0|0|0)"
 _TAX_LABELS = {
     "omega": ("ω", "parameter sharing ω = log_d(FLOPs / params)"),
     "psi": ("ψ", "rank exponent ψ (rank ~ d^ψ)"),
     "nu": ("ν", "compute exponent ν (FLOPs ~ d^(1+ν))"),
 }
+_LOSS_TEXT = {"eval": "held-out (eval) loss at each logged step",
+              "train": "training loss averaged over each logging window"}
+
+
+# ------------------------------------------------------------------------------------------
+# what the store says about each structure
 
 
 @dataclass
-class StructureSummary:
-    """One structure's row of the report, with the fit objects for plotting."""
+class StructureInfo:
+    """One structure as recorded in the store, with its config's identity and taxonomy."""
 
     name: str
     theta: str | None
@@ -53,77 +83,115 @@ class StructureSummary:
     psi: float | None
     nu: float | None
     is_dense: bool
+    is_moe: bool
+    baseline: str | None            # the store name of its head-to-head reference, if present
     widths: list[int]
     params: list[int]
-    curves: list[tuple[np.ndarray, np.ndarray]]    # finished runs: (compute, loss)
+    seeds: list[int]
     runs: int
     diverged_runs: int
     failed_runs: int
-    fit: StructureFit | None = None
-    multiplier: float = math.nan
-    spread: float = math.nan
-    ci: tuple[float, float] = (math.nan, math.nan)
-    at_matched_loss: float = math.nan
-    matched_loss: float = math.nan
-    fitted_ratio: float = math.nan
+    analysis: StructureAnalysis | None = None
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def exponent(self) -> float:
-        return self.fit.exponent if self.fit is not None else math.nan
+
+def _config(name: str) -> Any:
+    """``einsearch.parse_structure(name)``, or None for a name the library cannot parse."""
+    from einsearch import parse_structure
+
+    try:
+        return parse_structure(name)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _infos(runs: Sequence[RunRow]) -> list[StructureInfo]:
+    by_name: dict[str, list[RunRow]] = {}
+    for r in runs:
+        by_name.setdefault(r.structure, []).append(r)
+    configs = {name: _config(name) for name in by_name}
+    # head-to-head references by the configs' identity (their canonical name), not by text
+    canon = {name: (c.name if c is not None else name) for name, c in configs.items()}
+    out = []
+    for name, rs in by_name.items():
+        cfg = configs[name]
+        first = next((r for r in rs if r.theta), rs[0])
+        if cfg is not None:
+            theta = str(cfg.theta) if cfg.theta is not None else None
+            tax = cfg.taxonomy()
+            omega, psi, nu = (tax.omega, tax.psi, tax.nu) if tax is not None else (None, None, None)
+            is_moe = bool(cfg.is_moe)
+            base_cfg = _config(cfg.baseline) if cfg.baseline else None
+            base_name = base_cfg.name if base_cfg is not None else cfg.baseline
+            baseline = next((n for n, c in canon.items() if base_name and c == base_name and n != name), None)
+        else:  # a kind this library does not know: what the sweep recorded
+            theta, omega, psi, nu = first.theta, first.omega, first.psi, first.nu
+            is_moe, baseline = theta is None, None
+        if is_moe:
+            omega = psi = nu = None
+        per_width: dict[int, int] = {}
+        for r in rs:
+            if r.width is not None and r.params is not None:
+                per_width.setdefault(int(r.width), int(r.params))
+        out.append(StructureInfo(
+            name=name, theta=theta, omega=omega, psi=psi, nu=nu,
+            is_dense=(theta == _DENSE_THETA and not is_moe), is_moe=is_moe, baseline=baseline,
+            widths=sorted({int(r.width) for r in rs if r.width is not None}),
+            params=[per_width[w] for w in sorted(per_width)],
+            seeds=sorted({int(r.seed) for r in rs if r.seed is not None}),
+            runs=sum(r.status in ("finished", "diverged") for r in rs),
+            diverged_runs=sum(r.status == "diverged" for r in rs),
+            failed_runs=sum(r.status == "failed" for r in rs)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------
 # analysis
 
 
-LOSSES = ("train", "eval")
-#: fraction of each run's steps (at least its warmup) left out of the frontier
-DEFAULT_SKIP_FRACTION = 0.1
+@dataclass
+class _Report:
+    task: str
+    loss: str
+    infos: list[StructureInfo]          # dense first, then by headline multiplier
+    dense: StructureInfo
+    result: AnalysisResult | None
+    curves: list[Curve]
+    settings: dict[str, Any]
+    notes: list[str]
+    head_to_head: list[dict[str, Any]]
+    n_bootstrap: int
+
+    def by_name(self, name: str) -> StructureInfo:
+        return next(i for i in self.infos if i.name == name)
 
 
-def _curve(run: RunRow, points: Sequence[PointRow], skip_warmup: bool,
-           loss: str = "train", skip_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """(compute, loss) of a run, without its warmup and its first ``skip_fraction`` of steps
-    (the early transient right after warmup falls far faster than any power law and would
-    otherwise sit on the frontier and tilt the fit).
-
-    ``loss="train"``: the mean training loss over each logging window. On fresh data (every
-    batch new, as in the regression task and single-epoch language modelling) it is an unbiased
-    estimate of the held-out loss, and much less noisy than a snapshot evaluation of a model
-    trained at a constant learning rate, which would let lucky snapshots set the frontier.
-    ``loss="eval"``: the held-out loss at the points where it was logged (train loss for a run
-    that logged none).
-    """
+def _check_options(loss: Any, n_bootstrap: Any, transient: Any, offset: Any,
+                   reference_loss: Any) -> None:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    warmup = int(run.config.get("warmup_steps", 0) or 0) if skip_warmup else 0
-    steps = int(run.config.get("steps", 0) or 0)
-    first = max(warmup, math.ceil(skip_fraction * steps))
-    pts = [p for p in points if p.step >= first and p.compute > 0]
-    use_eval = loss == "eval" and any(p.eval_loss is not None for p in pts)
-    pairs = [(p.compute, p.eval_loss if use_eval else p.train_loss) for p in pts]
-    pairs = [(c, lo) for c, lo in pairs if lo is not None and math.isfinite(lo)]
-    if not pairs:
-        return np.zeros(0), np.zeros(0)
-    c, lo = zip(*pairs)
-    return np.asarray(c, dtype=float), np.asarray(lo, dtype=float)
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}")
+    if isinstance(transient, bool) or not isinstance(transient, (int, float)) or not 0 <= transient < 1:
+        raise ValueError(f"transient must be a fraction of each run's steps in [0, 1), got {transient!r}")
+    if offset is not None and offset != "shared" and (
+            isinstance(offset, bool) or not isinstance(offset, (int, float))
+            or not math.isfinite(offset) or offset < 0):
+        raise ValueError(f"offset must be None, 'shared' or a fixed E >= 0, got {offset!r}")
+    if reference_loss is not None and (
+            isinstance(reference_loss, bool) or not isinstance(reference_loss, (int, float))
+            or not math.isfinite(reference_loss) or reference_loss <= 0):
+        raise ValueError(f"reference_loss must be a finite loss > 0, got {reference_loss!r}")
 
 
-def _is_dense(name: str, theta: str | None) -> bool:
-    return name.strip().lower() == "dense" or theta == _DENSE_THETA
-
-
-def analyze_store(store: ResultStore, task: str | None = None, *, n_bootstrap: int = 200,
-                  seed: int = 0, tolerance: float = DEFAULT_TOLERANCE,
-                  skip_warmup: bool = True, loss: str = "train",
-                  skip_fraction: float = DEFAULT_SKIP_FRACTION
-                  ) -> tuple[str, list[StructureSummary]]:
-    """Fit every structure of ``task`` in ``store``; returns (task, summaries, dense first).
-
-    Raises ``ValueError`` when the store is empty, holds several tasks and none was chosen,
-    or has no dense run at all (the multiplier is relative to dense).
-    """
+def build_report(store: ResultStore, task: str | None = None, *, loss: str = "eval",
+                 n_bootstrap: int = 200, seed: int = 0,
+                 transient: float = DEFAULT_TRANSIENT_FRACTION,
+                 offset: None | str | float = None,
+                 reference_loss: float | None = None) -> _Report:
+    """Analyse ``task`` in ``store`` (nothing written). Raises ``ValueError`` when the store is
+    empty, holds several tasks and none was chosen, or has no dense run."""
+    _check_options(loss, n_bootstrap, transient, offset, reference_loss)
     tasks = store.tasks()
     if not tasks:
         raise ValueError(f"{store.path} holds no runs yet; run a sweep first")
@@ -133,124 +201,153 @@ def analyze_store(store: ResultStore, task: str | None = None, *, n_bootstrap: i
         task = tasks[0]
     elif task not in tasks:
         raise ValueError(f"{store.path} has no runs of task {task!r}; it has {tasks}")
-    points = store.all_points()
-    by_name: dict[str, list[RunRow]] = {}
-    for r in store.runs(task=task):
-        by_name.setdefault(r.structure, []).append(r)
-
-    summaries = []
-    for name, runs in by_name.items():
-        first = next((r for r in runs if r.theta), runs[0])
-        finished = [r for r in runs if r.status == "finished"]
-        per_width: dict[int, int] = {}
-        for r in finished + [r for r in runs if r.status == "diverged"]:
-            if r.width is not None and r.params is not None:
-                per_width.setdefault(int(r.width), int(r.params))
-        curves = [_curve(r, points.get(r.run_id, []), skip_warmup, loss, skip_fraction)
-                  for r in finished]
-        curves = [c for c in curves if c[0].size]
-        summaries.append(StructureSummary(
-            name=name, theta=first.theta, omega=first.omega, psi=first.psi, nu=first.nu,
-            is_dense=_is_dense(name, first.theta), widths=sorted(per_width),
-            params=[per_width[w] for w in sorted(per_width)], curves=curves,
-            runs=sum(r.status in ("finished", "diverged") for r in runs),
-            diverged_runs=sum(r.status == "diverged" for r in runs),
-            failed_runs=sum(r.status == "failed" for r in runs)))
-
-    dense_rows = [s for s in summaries if s.is_dense]
+    infos = _infos(store.runs(task=task))
+    dense_rows = [i for i in infos if i.is_dense]
     if not dense_rows:
         raise ValueError(
-            f"no dense runs for task {task!r} in {store.path}: the compute multiplier is "
-            f"measured against dense, so a sweep must include the structure 'dense' "
-            f"(found: {sorted(by_name)})")
-    dense = max(dense_rows, key=lambda s: (s.name == "dense", len(s.curves)))
+            f"no dense runs for task {task!r} in {store.path}: the compute multiplier is measured "
+            f"against dense, so a sweep must include the structure 'dense' (found: "
+            f"{sorted(i.name for i in infos)})")
+    dense = max(dense_rows, key=lambda i: (i.name == "dense", i.runs))
+    for i in dense_rows:
+        if i is not dense:
+            i.is_dense = False
+            i.notes.append(f"also dense (θ = {_DENSE_THETA}); measured against {dense.name!r} like any structure")
+    curves = curves_from_store(store, task=task, loss=loss)
+    present = {c.structure for c in curves}
+    for i in infos:
+        if i.name not in present:
+            i.notes.append("no finished run" + (" (all diverged)" if i.diverged_runs else "")
+                           + (f" with {loss} loss points" if i.runs > i.diverged_runs else ""))
 
-    for s in summaries:
-        s.fit = fit_structure(s.curves, tolerance)
-        s.notes.extend(s.fit.notes)
-        if not s.curves:
-            s.notes.append("no finished run" + (" (all diverged)" if s.diverged_runs else ""))
-    dense_law = dense.fit.law
-    for s in summaries:
-        if s is dense:
-            if dense_law is not None:
-                s.multiplier, s.spread, s.ci = 1.0, 1.0, (1.0, 1.0)
-                s.at_matched_loss = s.fitted_ratio = 1.0
-                s.matched_loss = float(s.fit.frontier.loss.min())
+    opts: dict[str, Any] = dict(transient_fraction=float(transient), reference_loss=reference_loss, offset=offset,
+                n_bootstrap=int(n_bootstrap), seed=int(seed))
+    result = None
+    notes: list[str] = []
+    settings: dict[str, Any] = {}
+    if dense.name in present:
+        result = analyze(curves, dense=dense.name, **opts)
+        settings = dict(result.settings)
+        notes.extend(result.notes)
+        for i in infos:
+            i.analysis = result.structures.get(i.name)
+    else:
+        notes.append(f"dense ({dense.name!r}) has no finished run with {loss} loss points, so "
+                     "there are no multipliers")
+    settings.update({
+        "loss": loss, "loss_description": _LOSS_TEXT[loss],
+        "transient_fraction": float(transient),
+        "law_form": settings.get("law", "power") + (
+            ": log(L - E) = log a - b log C, L(C) = E + a C^-b" if settings.get("E") else
+            ": log L = log a - b log C"),
+        "offset_requested": offset if offset is None or isinstance(offset, str) else float(offset),
+        "window_rule": ("common compute window of S against dense: the intersection of the compute spans of the two "
+                        "frontiers; usable only if inside it each frontier has >= 3 points from "
+                        ">= 2 widths; both laws are fitted inside it (dense's own record: its "
+                        "whole span)"),
+        "reference_loss_requested": reference_loss,
+        "n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(seed),
+        "run_seeds": sorted({s for i in infos for s in i.seeds}),
+        "min_seeds_for_interval": MIN_SEEDS_FOR_INTERVAL, "varies_factor": VARIES_FACTOR,
+    })
+
+    h2h = []
+    for i in infos:
+        if i.baseline is None or i.name not in present:
             continue
-        if dense_law is None or len(s.fit.frontier) == 0:
-            if dense_law is None:
-                s.notes.append("dense has no fitted law, so no multiplier")
-            continue
-        m = compute_multiplier(dense_law, s.fit.frontier.compute, s.fit.frontier.loss,
-                               dense_frontier=dense.fit.frontier, struct_law=s.fit.law)
-        s.multiplier, s.spread = m.mean, m.spread
-        s.at_matched_loss, s.matched_loss, s.fitted_ratio = (
-            m.at_matched_loss, m.matched_loss, m.fitted_ratio)
-        if n_bootstrap > 0:
-            boot = bootstrap_multiplier(s.curves, dense.curves, n=n_bootstrap, seed=seed,
-                                        tolerance=tolerance)
-            s.ci = (boot.lo, boot.hi)
-            if boot.n_failed:
-                s.notes.append(f"{boot.n_failed}/{n_bootstrap} bootstrap replicates unusable")
-    # dense first, then by multiplier (best first), structures without one last
-    order = sorted(summaries, key=lambda s: (
-        s is not dense, not math.isfinite(s.multiplier),
-        -s.multiplier if math.isfinite(s.multiplier) else 0.0, s.name))
-    return task, order
+        entry: dict[str, Any] = {"name": i.name, "reference": i.baseline}
+        if i.baseline not in present:
+            entry.update(_empty_summary(), notes=[f"{i.baseline!r} has no finished run"])
+        else:
+            sub = [c for c in curves if c.structure in (i.name, i.baseline)]
+            try:
+                rec = analyze(sub, dense=i.baseline, **opts)[i.name]
+                row = rec.to_summary()
+                diag = row.pop("diagnostics")
+                entry.update(row, notes=diag["warnings"] + diag["notes"],
+                             enough_seeds=_enough_seeds(sub))
+            except ValueError as err:
+                entry.update(_empty_summary(), notes=[f"no estimate: {err}"])
+        h2h.append(entry)
+
+    def key(i: StructureInfo) -> tuple:
+        m = i.analysis.compute_multiplier if i.analysis is not None else None
+        return (i is not dense, m is None, -(m or 0.0), i.name)
+
+    infos.sort(key=key)
+    return _Report(task=task, loss=loss, infos=infos, dense=dense, result=result, curves=curves,
+                   settings=settings, notes=notes, head_to_head=h2h, n_bootstrap=int(n_bootstrap))
 
 
-# Pairs of structures also compared head to head when both are in a sweep: (name, reference).
-HEAD_TO_HEAD = (("btt_moe", "moe"),)
+def _enough_seeds(sub: Sequence[Curve]) -> bool:
+    """Whether every (structure, width) of ``sub`` has enough seeds for an interval."""
+    counts: dict[tuple[str, int], set] = {}
+    for c in sub:
+        counts.setdefault((c.structure, c.width), set()).add(c.seed)
+    return all(len(v) >= MIN_SEEDS_FOR_INTERVAL for v in counts.values())
 
 
-def head_to_head(rows: list[StructureSummary], *, n_bootstrap: int = 200, seed: int = 0,
-                 tolerance: float = DEFAULT_TOLERANCE) -> list[dict[str, Any]]:
-    """Multiplier of each ``HEAD_TO_HEAD`` structure over its reference, where both are present.
-
-    The same estimator as against dense, with the reference's fitted law in dense's place:
-    the geometric mean over the structure's frontier points of C_ref(L_i) / C_i (> 1: the
-    structure needs less compute than the reference for the same loss), with a bootstrap
-    interval over both structures' runs.
-    """
-    by_name = {s.name: s for s in rows}
-    out = []
-    for name, ref_name in HEAD_TO_HEAD:
-        s, ref = by_name.get(name), by_name.get(ref_name)
-        if s is None or ref is None or ref.fit is None or ref.fit.law is None or not len(s.fit.frontier):
-            continue
-        m = compute_multiplier(ref.fit.law, s.fit.frontier.compute, s.fit.frontier.loss,
-                               dense_frontier=ref.fit.frontier, struct_law=s.fit.law)
-        lo = hi = math.nan
-        if n_bootstrap > 0:
-            boot = bootstrap_multiplier(s.curves, ref.curves, n=n_bootstrap, seed=seed,
-                                        tolerance=tolerance)
-            lo, hi = boot.lo, boot.hi
-        out.append({"name": name, "reference": ref_name, "compute_multiplier": _num(m.mean),
-                    "compute_multiplier_ci": [_num(lo), _num(hi)],
-                    "multiplier_at_matched_loss": _num(m.at_matched_loss)})
-    return out
+def _empty_summary() -> dict[str, Any]:
+    return {"compute_multiplier": None, "compute_multiplier_ci": None, "reference_loss": None,
+            "multiplier_by_loss": [], "exponent": None, "exponent_delta": None, "varies": None}
 
 
 # ------------------------------------------------------------------------------------------
-# writing
+# summary.json
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _num(x: Any) -> Any:
+def _num(x: Any) -> float | None:
     """JSON-safe number: NaN/inf -> None."""
     if x is None:
         return None
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+def _summary(rep: _Report) -> dict[str, Any]:
+    rows = []
+    for i in rep.infos:
+        row: dict[str, Any] = {
+            "name": i.name, "theta": i.theta, "omega": _num(i.omega), "psi": _num(i.psi),
+            "nu": _num(i.nu), "is_dense": i.is_dense, "is_moe": i.is_moe,
+            "widths": i.widths, "params": i.params, "seeds": i.seeds, "runs": i.runs,
+            "diverged_runs": i.diverged_runs, "failed_runs": i.failed_runs,
+        }
+        if i.analysis is not None:
+            s = i.analysis.to_summary()
+        else:
+            s = _empty_summary()
+            s["diagnostics"] = {"warnings": [], "notes": []}
+        s["diagnostics"]["notes"] = list(i.notes) + list(s["diagnostics"].get("notes", []))
+        row.update(s)
+        rows.append(row)
+    return {
+        "task": rep.task,
+        "generated_at": utc_now_iso(),
+        "dense": rep.dense.name,
+        "settings": rep.settings,
+        "estimator": {
+            "loss": rep.settings["loss_description"],
+            "compute_multiplier": ("m(L) = C_dense(L) / C_S(L) from the two laws fitted in the "
+                                   "pair's common compute window, at reference_loss; > 1: S needs "
+                                   "less training compute than dense for loss L"),
+            "compute_multiplier_ci": ("percentile interval of a bootstrap that redraws seeds "
+                                      "within each width; null with fewer than "
+                                      f"{MIN_SEEDS_FOR_INTERVAL} seeds at a width"),
+            "multiplier_by_loss": "m at the lowest, geometric-middle and highest loss both reach",
+            "exponent": "b of L = E + a C^-b on the structure's frontier inside the window",
+            "exponent_delta": "b_S - b_dense, dense fitted in the same window",
+            "varies": f"max m / min m over the common loss range > {VARIES_FACTOR:g}",
+            "diverged_runs": "recorded, counted, excluded from frontiers",
+        },
+        "notes": rep.notes,
+        "structures": rows,
+        "head_to_head": rep.head_to_head,
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# formatting helpers
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -271,437 +368,651 @@ def _fmt_params(params: list[int]) -> str:
     return one(params[0]) if len(params) == 1 else f"{one(params[0])}–{one(params[-1])}"
 
 
-def _summary_json(task: str, rows: list[StructureSummary], tolerance: float,
-                  n_bootstrap: int, loss: str = "train",
-                  skip_fraction: float = DEFAULT_SKIP_FRACTION) -> dict[str, Any]:
-    which = ("training loss averaged over each logging window" if loss == "train"
-             else "held-out (eval) loss where logged")
-    return {
-        "task": task,
-        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "estimator": {
-            "loss": which,
-            "frontier": ("lower envelope in log-log of all logged (training FLOPs, loss) points "
-                         f"of all finished runs of a structure ({which}; the warmup and the first "
-                         f"{skip_fraction:.0%} of each run's steps skipped), "
-                         f"Pareto points within {tolerance:.0%} of the lower convex hull"),
-            "law": "least squares fit of log L = log a - b log C on the frontier; exponent = b",
-            "compute_multiplier": ("geometric mean over the structure's frontier points of "
-                                   "C_dense(L_i) / C_i, C_dense the inverted dense law; > 1 means "
-                                   "less compute than dense for the same loss"),
-            "compute_multiplier_ci": (f"95% percentile bootstrap over runs ({n_bootstrap} "
-                                      "replicates, runs resampled with replacement)"),
-            "multiplier_at_matched_loss": ("ratio of the two frontiers' computes, interpolated "
-                                           "in log-log, at the lowest loss both reach"),
-            "diverged_runs": "recorded, counted, excluded from frontiers",
-        },
-        "structures": [
-            {
-                "name": s.name, "theta": s.theta, "omega": _num(s.omega), "psi": _num(s.psi),
-                "nu": _num(s.nu), "params": s.params, "widths": s.widths,
-                "exponent": _num(s.exponent),
-                "coefficient": _num(s.fit.law.a) if s.fit and s.fit.law else None,
-                "compute_multiplier": _num(s.multiplier),
-                "compute_multiplier_spread": _num(s.spread),
-                "compute_multiplier_ci": [_num(s.ci[0]), _num(s.ci[1])],
-                "multiplier_at_matched_loss": _num(s.at_matched_loss),
-                "matched_loss": _num(s.matched_loss),
-                "fitted_ratio_at_matched_loss": _num(s.fitted_ratio),
-                "frontier_points": len(s.fit.frontier) if s.fit else 0,
-                "best_loss": _num(float(s.fit.frontier.loss.min()))
-                if s.fit and len(s.fit.frontier) else None,
-                "runs": s.runs, "diverged_runs": s.diverged_runs, "failed_runs": s.failed_runs,
-                "is_dense": s.is_dense, "notes": s.notes,
-            }
-            for s in rows
-        ],
-    }
-
-
-def _colors(rows: list[StructureSummary]) -> dict[str, Any]:
-    import matplotlib
-
-    others = sorted(s.name for s in rows if not s.is_dense)
-    cmap = matplotlib.colormaps["tab10" if len(others) <= 10 else "tab20"]
-    out = {name: cmap(i % cmap.N) for i, name in enumerate(others)}
-    for s in rows:
-        if s.is_dense:
-            out[s.name] = "black"
-    return out
-
-
-def _save(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
-    _atomic_write_bytes(path, buf.getvalue())
-
-
-def _fit_line(s: StructureSummary, pad: float = 1.0):
-    f = s.fit.frontier
-    c = np.geomspace(f.compute.min() / pad, f.compute.max() * pad, 64)
-    return c, s.fit.law.loss(c)
-
-
-def _draw_structure(ax, s: StructureSummary, color, faint: bool = True, label: str | None = None,
-                    lw: float = 2.2) -> None:
-    if faint:
-        for c, lo in s.curves:
-            ax.plot(c, lo, color=color, alpha=0.3, lw=0.8)
-    f = s.fit.frontier if s.fit else None
-    if f is not None and len(f):
-        ax.plot(f.compute, f.loss, "o", color=color, ms=3.2, alpha=0.9)
-    if s.fit is not None and s.fit.law is not None:
-        c, lo = _fit_line(s)
-        ax.plot(c, lo, color=color, lw=lw, label=label, ls="--" if s.is_dense else "-")
-    elif label is not None:
-        ax.plot([], [], "o", color=color, label=label + " (no fit)")
-
-
-def _label(s: StructureSummary) -> str:
-    if s.is_dense:
-        return f"{s.name} (b={_fmt(s.exponent, 2)})"
-    return f"{s.name} ×{_fmt(s.multiplier, 2)} (b={_fmt(s.exponent, 2)})"
-
-
-def _plot_loss_vs_compute(rows: list[StructureSummary], task: str, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    colors = _colors(rows)
-    dense = next(s for s in rows if s.is_dense)
-    others = [s for s in rows if not s.is_dense]
-    if len(others) <= 3:
-        fig, ax = plt.subplots(figsize=(8, 5.5))
-        for s in others + [dense]:
-            _draw_structure(ax, s, colors[s.name], label=_label(s))
-        _style(ax, f"{task}: loss vs training compute")
-        ax.legend(fontsize=8, loc="upper right")
-    else:
-        n = len(others) + 1
-        ncol = min(4, math.ceil(math.sqrt(n)))
-        nrow = math.ceil(n / ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow),
-                                 sharex=True, sharey=True, squeeze=False)
-        flat = list(axes.ravel())
-        ax0 = flat[0]
-        for s in others + [dense]:
-            if s.fit is not None and s.fit.law is not None:
-                c, lo = _fit_line(s)
-                ax0.plot(c, lo, color=colors[s.name], lw=2.6 if s.is_dense else 1.6,
-                         ls="--" if s.is_dense else "-", label=s.name)
-        _style(ax0, "all fitted laws", small=True)
-        ax0.legend(fontsize=6.5, ncol=1 if n < 8 else 2, loc="lower left")
-        for ax, s in zip(flat[1:], others):
-            _draw_structure(ax, dense, "black", faint=False, lw=1.4)
-            _draw_structure(ax, s, colors[s.name])
-            _style(ax, f"{s.name} ×{_fmt(s.multiplier, 2)}, b={_fmt(s.exponent, 2)}", small=True)
-        for ax in flat[n:]:
-            ax.set_visible(False)
-        for ax in flat[:n]:
-            ax.label_outer()
-        fig.suptitle(f"{task}: loss vs training compute (faint: runs; dots: frontier; "
-                     "line: fitted law; dashed black: dense)", fontsize=10)
-        fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-
-
-def _style(ax, title: str, small: bool = False) -> None:
-    lim = ax.dataLim.get_points()
-    if np.all(np.isfinite(lim)) and np.all(lim[0] > 0):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    else:  # nothing finished (e.g. every run diverged): say so instead of an empty log axis
-        ax.text(0.5, 0.5, "no finished runs to plot", ha="center", va="center",
-                transform=ax.transAxes, color="grey")
-    ax.set_xlabel("training FLOPs", fontsize=8 if small else 10)
-    ax.set_ylabel("loss", fontsize=8 if small else 10)
-    ax.set_title(title, fontsize=9 if small else 11)
-    ax.grid(True, which="both", alpha=0.25, lw=0.5)
-    if small:
-        ax.tick_params(labelsize=7)
-
-
-def _plot_taxonomy(rows: list[StructureSummary], task: str, key: str, path: Path) -> None:
-    import matplotlib.pyplot as plt
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    symbol, meaning = _TAX_LABELS[key]
-    vals = [getattr(s, key) for s in rows if getattr(s, key) is not None]
-    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
-    norm = Normalize(lo, hi)
-    cmap = plt.get_cmap("viridis")
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    dense = next(s for s in rows if s.is_dense)
-    markers = "osv^DPX*<>ph"
-    k = 0
-    for s in rows:
-        if s.is_dense or s.fit is None or len(s.fit.frontier) == 0:
-            continue
-        v = getattr(s, key)
-        color = cmap(norm(v)) if v is not None else "grey"
-        f = s.fit.frontier
-        marker = markers[k % len(markers)]
-        k += 1
-        label = f"{s.name} ({symbol}={_fmt(v, 2)})"
-        if s.fit.law is not None:
-            c, lo = _fit_line(s)
-            ax.plot(c, lo, "-", color=color, lw=2.0, alpha=0.95)
-            ax.plot(f.compute, f.loss, marker, color=color, ms=4, alpha=0.7, mec="none",
-                    label=label)
-        else:
-            ax.plot(f.compute, f.loss, marker, color=color, ms=5, label=label + ", no fit")
-    if dense.fit is not None and len(dense.fit.frontier):
-        f = dense.fit.frontier
-        if dense.fit.law is not None:
-            c, lo = _fit_line(dense)
-            ax.plot(c, lo, "--", color="black", lw=2.2, label="dense (fit)")
-        ax.plot(f.compute, f.loss, "o", color="black", ms=3, alpha=0.6,
-                label=None if dense.fit.law is not None else "dense")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="lower left", framealpha=0.85)
-    sm = ScalarMappable(norm=norm, cmap=cmap)
-    sm.set_array([])
-    cb = fig.colorbar(sm, ax=ax)
-    cb.set_label(meaning)
-    _style(ax, f"{task}: compute-optimal frontiers coloured by {symbol}\n"
-               "(markers: frontier points; lines: fitted power laws)")
-    _save(fig, path)
-    plt.close(fig)
-
-
-def _plot_multipliers(rows: list[StructureSummary], task: str, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    colors = _colors(rows)
-    items = [s for s in rows if not s.is_dense]
-    items.sort(key=lambda s: s.multiplier if math.isfinite(s.multiplier) else -math.inf)
-    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(items), 2) + 1.6))
-    ys = np.arange(len(items))
-    finite = [s.multiplier for s in items if math.isfinite(s.multiplier)]
-    finite += [v for s in items for v in s.ci if math.isfinite(v)]
-    span = max([abs(math.log10(v)) for v in finite if v > 0] + [0.3]) * 1.25
-    for y, s in zip(ys, items):
-        m = s.multiplier
-        if not math.isfinite(m):
-            ax.text(1.0, y, "  n/a (no frontier to compare)", va="center", fontsize=8,
-                    color="grey")
-            continue
-        ax.barh(y, m - 1.0, left=1.0, color=colors[s.name], height=0.6, alpha=0.85)
-        lo, hi = s.ci
-        text = f"{_fmt(m)}×"
-        if math.isfinite(lo) and math.isfinite(hi):
-            ax.errorbar(m, y, xerr=[[max(m - lo, 0)], [max(hi - m, 0)]], fmt="none",
-                        ecolor="black", capsize=3, lw=1)
-            text += f" [{_fmt(lo)}, {_fmt(hi)}]"
-        ax.annotate(text, (max(m, 1.0, hi if math.isfinite(hi) else m), y), xytext=(4, 0),
-                    textcoords="offset points", va="center", fontsize=7)
-    ax.axvline(1.0, color="black", lw=1.2, ls="--")
-    ax.set_xscale("log")
-    ax.set_xlim(10 ** -span, 10 ** span)
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
-             if 10 ** -span <= t <= 10 ** span]
-    ax.set_xticks(ticks)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_yticks(ys, [s.name for s in items], fontsize=8)
-    ax.set_ylim(-0.7, max(len(items), 1) - 0.3)
-    ax.set_xlabel("compute multiplier over dense (×, log scale; > 1 = less compute than dense)")
-    ax.set_title(f"{task}: compute multiplier with 95% bootstrap interval")
-    ax.grid(True, axis="x", which="both", alpha=0.25, lw=0.5)
-    _save(fig, path)
-    plt.close(fig)
-
-
-def _reading(task: str, rows: list[StructureSummary]) -> str:
-    total = sum(s.runs for s in rows)
-    diverged = sum(s.diverged_runs for s in rows)
-    dense = next(s for s in rows if s.is_dense)
-    if dense.fit is None or dense.fit.law is None:
-        why = ("all dense runs diverged" if dense.runs and dense.runs == dense.diverged_runs
-               else "dense's frontier has fewer than 2 points")
-        return (f"No compute multipliers could be estimated for task `{task}`: {why}, so there "
-                f"is no dense scaling law to compare against ({total} runs recorded, "
-                f"{diverged} diverged). Lower the learning rate or add widths and rerun.")
-    others = [s for s in rows if not s.is_dense and math.isfinite(s.multiplier)]
-    parts = [f"On task `{task}` ({len(rows)} structures, {total} runs"
-             + (f", {diverged} diverged" if diverged else "") + "), "]
-    if not others:
-        return parts[0] + "no structure other than dense produced a frontier to compare."
-    best = max(others, key=lambda s: s.multiplier)
-
-    def verdict(s: StructureSummary) -> str:
-        lo, hi = s.ci
-        ci = _ci_prose(lo, hi)
-        if math.isfinite(lo) and lo > 1:
-            word = "beat dense"
-        elif math.isfinite(hi) and hi < 1:
-            word = "was less compute-efficient than dense"
-        elif s.multiplier >= 1:
-            word = "was ahead of dense but not clearly (its interval includes 1)"
-        else:
-            word = "was behind dense but not clearly (its interval includes 1)"
-        return f"{word} with a compute multiplier of {_fmt(s.multiplier)}×{ci}"
-
-    parts.append(f"the most compute-efficient structure was **{best.name}** "
-                 f"(θ = {best.theta or 'n/a'}, ω = {_fmt(best.omega, 2)}, ψ = {_fmt(best.psi, 2)}, "
-                 f"ν = {_fmt(best.nu, 2)}), which {verdict(best)}: it reaches dense's loss "
-                 f"with about {_fmt(1 / best.multiplier, 2)} of dense's training FLOPs. ")
-    btt = [s for s in others if _is_btt_family(s.theta)
-           or (s.theta is None and s.name.lower().split("(")[0] == "btt")]
-    for s in btt:
-        if s is not best:
-            parts.append(f"BTT (`{s.name}`) {verdict(s)}. ")
-        else:
-            rho = s.theta.strip("()").split("|")[-1] if s.theta else "?"
-            parts.append(f"It is a BTT structure (θ = (0.5|0|0.5|0|0.5|0.5|ρ) with ρ = {rho}). ")
-    if not btt and not any(s.name == "btt_moe" for s in others):
-        parts.append("No BTT structure was in this sweep. ")
-    crossing = [s for s in others if math.isfinite(s.at_matched_loss) and s.at_matched_loss > 0
-                and abs(math.log(s.multiplier / s.at_matched_loss)) > math.log(2.0)]
-    if crossing:
-        parts.append(
-            "Caution: for " + ", ".join(
-                f"{s.name} ({_fmt(s.multiplier, 2)}× averaged over its frontier vs "
-                f"{_fmt(s.at_matched_loss, 2)}× at the lowest loss both reach)" for s in crossing)
-            + " the two estimates differ by more than 2×: the frontier is not parallel to "
-            "dense's, so the advantage depends on the loss level (see the loss-vs-compute "
-            "plot). ")
-    good = [s for s in others if s.omega is not None and s.psi is not None
-            and s.omega <= 1e-9 and s.psi >= 1 - 1e-9]
-    rest = [s for s in others if s not in good]
-    if good and rest:
-        g = math.exp(np.mean([math.log(s.multiplier) for s in good]))
-        r = math.exp(np.mean([math.log(s.multiplier) for s in rest]))
-        parts.append(f"Structures with no parameter sharing and full rank (ω = 0, ψ = 1) had a "
-                     f"geometric-mean multiplier of {_fmt(g)}× against {_fmt(r)}× for the rest"
-                     + (", as the taxonomy predicts." if g > r else
-                        ", unlike what the taxonomy predicts; more widths or steps may be "
-                        "needed."))
-    return "".join(parts).strip()
-
-
-def _has_interval(lo: float | None, hi: float | None) -> bool:
-    """Both ends known: not None (summary.json's null) and finite."""
-    return all(v is not None and math.isfinite(v) for v in (lo, hi))
-
-
-def _ci_prose(lo: float | None, hi: float | None) -> str:
-    return f" (95% CI {_fmt(lo)}–{_fmt(hi)})" if _has_interval(lo, hi) else ""
-
-
-def _ci_cell(lo: float | None, hi: float | None) -> str:
-    return f" [{_fmt(lo)}, {_fmt(hi)}]" if _has_interval(lo, hi) else ""
-
-
-def _head_to_head_sentence(summary: dict[str, Any]) -> str:
-    parts = []
-    for h in summary.get("head_to_head", []):
-        lo, hi = h["compute_multiplier_ci"]
-        ci = _ci_prose(lo, hi)
-        parts.append(f" Head to head, {h['name']} needed {_fmt(1 / h['compute_multiplier'], 2)}× "
-                     f"the compute of {h['reference']} for the same loss: a multiplier of "
-                     f"{_fmt(h['compute_multiplier'])}×{ci}.")
-    return "".join(parts)
-
-
-def _is_btt_family(theta: str | None) -> bool:
-    if not theta:
-        return False
-    try:
-        v = [float(x) for x in theta.strip("()").split("|")]
-    except ValueError:
-        return False
-    return len(v) == 7 and np.allclose(v[:6], [0.5, 0, 0.5, 0, 0.5, 0.5])
-
-
 def _md(text: object) -> str:
     """Text safe inside a Markdown table cell (theta text contains '|')."""
     return str(text).replace("|", "\\|")
 
 
-def _markdown(task: str, rows: list[StructureSummary], summary: dict[str, Any]) -> str:
-    lines = [f"# einsearch report: `{task}`", "",
+def _ci_text(ci: Sequence[float | None] | None) -> str:
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci is not None and None not in ci else ""
+
+
+# ------------------------------------------------------------------------------------------
+# the reading
+
+
+def _no_interval_reason(rep: _Report, i: StructureInfo) -> str:
+    a = i.analysis
+    few = [x for x in (i, rep.dense) if x.analysis is not None and x.analysis.seeds_per_width
+           and min(x.analysis.seeds_per_width.values()) < MIN_SEEDS_FOR_INTERVAL]
+    if few:
+        return f"no interval (fewer than {MIN_SEEDS_FOR_INTERVAL} seeds)"
+    if rep.n_bootstrap == 0:
+        return "no interval (bootstrap turned off)"
+    if a is not None and a.bootstrap_failed:
+        return "no interval (too many bootstrap replicates could not be fitted)"
+    return "no interval"
+
+
+def _verdict(m: float, ci: Sequence[float | None] | None, ref: str, no_ci: str) -> str:
+    """What the interval supports about m against ``ref`` (a clause after a colon)."""
+    lo, hi = ci if ci is not None else (None, None)
+    if lo is None or hi is None:
+        return f"{no_ci}, so no claim against {ref}"
+    if lo > 1:
+        return f"better than {ref} (the interval excludes 1)"
+    if hi < 1:
+        return f"worse than {ref}, needing more compute (the interval lies below 1)"
+    return f"not distinguishable from {ref} (the interval includes 1)"
+
+
+def _m_sentence(name: str, s: dict[str, Any], ref: str, no_ci: str) -> str:
+    """One structure's m: m(L) first where it varies, then the headline and the verdict."""
+    m, ci, lref = s["compute_multiplier"], s["compute_multiplier_ci"], s["reference_loss"]
+    lv = s["multiplier_by_loss"]
+    parts = []
+    if s.get("varies") and lv:
+        hi_l, lo_l = lv[-1], lv[0]   # levels run from the lowest loss to the highest
+        parts.append(f"**{name}**: m depends on the loss level: it ranges from "
+                     f"{_fmt(hi_l['multiplier'])}× at loss {_fmt(hi_l['loss'])} to "
+                     f"{_fmt(lo_l['multiplier'])}× at loss {_fmt(lo_l['loss'])} "
+                     f"(b − b_{ref} = {_fmt(s['exponent_delta'], 2)})")
+        apart = [x for x in lv if x["ci"] is not None and None not in x["ci"]
+                 and (x["ci"][0] > 1 or x["ci"][1] < 1)]
+        if apart:
+            parts.append("; its interval excludes 1 at " + ", ".join(
+                f"loss {_fmt(x['loss'])} ({_fmt(x['multiplier'])}× {_ci_text(x['ci'])}, "
+                f"{'better' if x['ci'][0] > 1 else 'worse'})" for x in apart))
+        if m is not None:
+            parts.append(f"; at the reference loss {_fmt(lref)}, m = {_fmt(m)}× {_ci_text(ci)}".rstrip()
+                         + f": {_verdict(m, ci, ref, no_ci)}")
+        return "".join(parts) + "."
+    if m is None:
+        return ""
+    return (f"**{name}**: m = {_fmt(m)}× {_ci_text(ci)}".rstrip() + f" at loss {_fmt(lref)}: "
+            f"{_verdict(m, ci, ref, no_ci)}.")
+
+
+def _taxonomy_sentence(rep: _Report, summ: dict[str, dict[str, Any]]) -> str:
+    """The taxonomy's prediction (omega = 0 and psi = 1 scale best) checked with intervals."""
+    rows = [(i, summ[i.name]) for i in rep.infos if not i.is_dense and not i.is_moe
+            and i.omega is not None and i.psi is not None
+            and summ[i.name]["compute_multiplier"] is not None]
+    good = [(i, s) for i, s in rows if (i.omega or 0.0) <= 1e-9 and (i.psi or 0.0) >= 1 - 1e-9]
+    rest = [(i, s) for i, s in rows if all(i is not g for g, _ in good)]
+    if not good or not rest:
+        return ""
+    names = lambda xs: ", ".join(i.name for i, _ in xs)  # noqa: E731
+    head = (f"The taxonomy predicts that structures without parameter sharing and at full rank "
+            f"(ω = 0, ψ = 1: {names(good)}) scale better than the others ({names(rest)}). ")
+    refs = {s["reference_loss"] for _, s in rows}
+    caveat = ("" if len(refs) == 1 else
+              " (The headlines are at different reference losses; `--reference-loss` gives a "
+              "common one.)")
+    if any(s["compute_multiplier_ci"] is None for _, s in rows):
+        return head + ("The data cannot separate them: some of these structures have no interval."
+                       + caveat)
+    g_lo = min(s["compute_multiplier_ci"][0] for _, s in good)
+    g_hi = max(s["compute_multiplier_ci"][1] for _, s in good)
+    r_lo = min(s["compute_multiplier_ci"][0] for _, s in rest)
+    r_hi = max(s["compute_multiplier_ci"][1] for _, s in rest)
+    if g_lo > r_hi:
+        return head + ("As the taxonomy predicts, every one of them has a higher multiplier "
+                       "than every other structure, with non-overlapping intervals." + caveat)
+    if g_hi < r_lo:
+        return head + ("Unlike what the taxonomy predicts, every one of them has a lower "
+                       "multiplier than every other structure, with non-overlapping intervals."
+                       + caveat)
+    return head + ("The data cannot separate the two groups: their intervals overlap." + caveat)
+
+
+def _reading(rep: _Report, summary: dict[str, Any]) -> str:
+    total = sum(i.runs for i in rep.infos)
+    diverged = sum(i.diverged_runs for i in rep.infos)
+    summ = {r["name"]: r for r in summary["structures"]}
+    d = rep.dense
+    if rep.result is None or summ[d.name]["compute_multiplier"] is None:
+        why = ("all dense runs diverged" if d.runs and d.runs == d.diverged_runs
+               else "; ".join(summ[d.name]["diagnostics"]["notes"]) or "dense has no usable frontier")
+        return (f"No compute multipliers could be estimated for task `{rep.task}`: {why}, so "
+                f"there is no dense scaling law to compare against ({total} runs recorded, "
+                f"{diverged} diverged). Lower the learning rate or add widths, steps or seeds "
+                f"and rerun.")
+    paras = [f"On task `{rep.task}` ({len(rep.infos)} structures, {total} runs"
+             + (f", {diverged} diverged" if diverged else "") + f"; {rep.settings['loss_description']}), "
+             "the compute multiplier m(L) = C_dense(L) / C_S(L) says how many times less "
+             "training compute a structure needs than dense to reach loss L (> 1: cheaper than "
+             "dense), read off laws fitted in a common compute window after each run's first "
+             f"{rep.settings['transient_fraction']:.0%} of steps."]
+    others = [i for i in rep.infos if not i.is_dense]
+    varying = [i for i in others if summ[i.name].get("varies")]
+    lines = []
+    if varying:
+        paras.append(f"m varies more than {VARIES_FACTOR:g}× over the common loss range for "
+                     + ", ".join(f"**{i.name}**" for i in varying)
+                     + ": for these, read m(L) (multiplier_vs_loss.png), not one number.")
+        for i in varying:
+            lines.append(_m_sentence(i.name, summ[i.name], d.name, _no_interval_reason(rep, i)))
+    for i in others:
+        if i in varying:
+            continue
+        text = _m_sentence(i.name, summ[i.name], d.name, _no_interval_reason(rep, i))
+        if text:
+            lines.append(text)
+        else:
+            why = "; ".join(n for n in summ[i.name]["diagnostics"]["notes"]) or "no estimate"
+            lines.append(f"**{i.name}**: no multiplier ({why}).")
+    if lines:
+        paras.append("\n".join(f"- {x}" for x in lines))
+    ranked = [i for i in others if summ[i.name]["compute_multiplier"] is not None]
+    if len(ranked) >= 2:
+        a, b = summ[ranked[0].name], summ[ranked[1].name]
+        sep = (a["compute_multiplier_ci"] is not None and b["compute_multiplier_ci"] is not None
+               and a["compute_multiplier_ci"][0] > b["compute_multiplier_ci"][1])
+        paras.append(f"The largest headline multiplier is {ranked[0].name}'s; "
+                     + (f"its interval lies above that of the next, {ranked[1].name}."
+                        if sep else f"the data cannot separate it from the next, "
+                        f"{ranked[1].name} (intervals overlap or are missing)."))
+    tax = _taxonomy_sentence(rep, summ)
+    if tax:
+        paras.append(tax)
+    for h in rep.head_to_head:
+        ref = h["reference"]
+        if h["compute_multiplier"] is None and not h.get("varies"):
+            paras.append(f"Head to head, {h['name']} against {ref}: no estimate ("
+                         + "; ".join(h["notes"]) + ").")
+            continue
+        no_ci = (f"no interval (fewer than {MIN_SEEDS_FOR_INTERVAL} seeds)" if not h.get("enough_seeds")
+                 else "no interval")
+        paras.append(f"Head to head (same estimator, {ref} in dense's place) — "
+                     + _m_sentence(h["name"], h, ref, no_ci))
+    return "\n\n".join(paras)
+
+
+# ------------------------------------------------------------------------------------------
+# report.md
+
+
+def _markdown(rep: _Report, summary: dict[str, Any]) -> str:
+    s = rep.settings
+    lines = [f"# einsearch report: `{rep.task}`", "",
              f"Generated {summary['generated_at']} from `{STORE_NAME}`.", "",
-             "## Reading", "", _reading(task, rows) + _head_to_head_sentence(summary), "",
+             "## Reading", "", _reading(rep, summary), "",
              "## Compute multipliers", "",
-             "| structure | θ | ω | ψ | ν | params | exponent b | multiplier [95% CI] | runs |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for s in rows:
-        if s.is_dense and math.isfinite(s.multiplier):
+             "| structure | θ | ω | ψ | ν | params | exponent b | b − b_dense | m at L_ref [95% CI] "
+             "| L_ref | m at 3 losses (low → high) | runs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r, i in zip(summary["structures"], rep.infos):
+        if i.is_dense and r["compute_multiplier"] is not None:
             mult = "1 (reference)"
-        elif math.isfinite(s.multiplier):
-            lo, hi = s.ci
-            ci = _ci_cell(lo, hi)
-            mult = f"{_fmt(s.multiplier)}{ci}"
+        elif r["compute_multiplier"] is not None:
+            mult = f"{_fmt(r['compute_multiplier'])} {_ci_text(r['compute_multiplier_ci']) or '(no interval)'}"
         else:
             mult = "n/a"
-        runs = f"{s.runs}" + (f" ({s.diverged_runs} diverged)" if s.diverged_runs else "")
-        theta = f"`{_md(s.theta)}`" if s.theta else "n/a"
-        lines.append(f"| {_md(s.name)} | {theta} | {_fmt(s.omega, 2)} | {_fmt(s.psi, 2)} | "
-                     f"{_fmt(s.nu, 2)} | {_fmt_params(s.params)} | {_fmt(s.exponent)} | "
-                     f"{mult} | {runs} |")
-    notes = [f"- **{s.name}**: {'; '.join(s.notes)}" for s in rows if s.notes]
-    est = summary["estimator"]
-    lines += ["", "Multiplier: " + est["compute_multiplier"] + ". Interval: "
-              + est["compute_multiplier_ci"] + ". Frontier: " + est["frontier"]
-              + ". Exponent b: L = a C^-b fitted on the frontier.", ""]
-    if notes:
-        lines += ["Notes:", "", *notes, ""]
-    if summary.get("head_to_head"):
+        levels = ", ".join(f"{_fmt(x['multiplier'])}@{_fmt(x['loss'])}" for x in r["multiplier_by_loss"])
+        runs = f"{i.runs}" + (f" ({i.diverged_runs} diverged)" if i.diverged_runs else "")
+        theta = f"`{_md(i.theta)}`" if i.theta else "n/a"
+        lines.append(f"| {_md(i.name)} | {theta} | {_fmt(i.omega, 2)} | {_fmt(i.psi, 2)} | "
+                     f"{_fmt(i.nu, 2)} | {_fmt_params(i.params)} | {_fmt(r['exponent'])} | "
+                     f"{'—' if i.is_dense else _fmt(r['exponent_delta'], 2)} | {mult} | "
+                     f"{_fmt(r['reference_loss'])} | {levels or 'n/a'} | {runs} |")
+    lines += ["", "m > 1: the structure reaches the loss with 1/m of dense's training compute. "
+              "The headline is at L_ref (by default the lowest loss both frontiers reach); m at "
+              "3 losses runs from the lowest loss both reach to the highest. Interval: "
+              f"{summary['estimator']['compute_multiplier_ci']}.", ""]
+    if rep.head_to_head:
         lines += ["## Head to head", "",
-                  "| structure | against | multiplier [95% CI] | at the lowest loss both reach |",
-                  "|---|---|---|---|"]
-        for h in summary["head_to_head"]:
-            lo, hi = h["compute_multiplier_ci"]
-            ci = _ci_cell(lo, hi)
-            lines.append(f"| {h['name']} | {h['reference']} | {_fmt(h['compute_multiplier'])}{ci} | "
-                         f"{_fmt(h['multiplier_at_matched_loss'])} |")
-        lines += ["", "Same estimator as against dense, with the second structure's law as the "
-                  "reference (> 1: the first needs less compute for the same loss).", ""]
+                  "| structure | against | m at L_ref [95% CI] | L_ref | b − b_ref | m at 3 losses |",
+                  "|---|---|---|---|---|---|"]
+        for h in rep.head_to_head:
+            levels = ", ".join(f"{_fmt(x['multiplier'])}@{_fmt(x['loss'])}" for x in h["multiplier_by_loss"])
+            ci = _ci_text(h["compute_multiplier_ci"]) or "(no interval)"
+            lines.append(f"| {_md(h['name'])} | {_md(h['reference'])} | "
+                         f"{_fmt(h['compute_multiplier'])} {ci} | {_fmt(h['reference_loss'])} | "
+                         f"{_fmt(h['exponent_delta'], 2)} | {levels or 'n/a'} |")
+        lines += ["", "Same estimator as against dense, with the reference in dense's place "
+                  "(> 1: the first needs less compute for the same loss).", ""]
     lines += ["## Figures", "",
-              "### Loss vs compute", "", "![loss vs compute](loss_vs_compute.png)", "",
-              "### Compute multipliers", "", "![compute multipliers](multipliers.png)", "",
+              "### Loss vs compute", "",
+              "Faint: seed-averaged runs; dots: frontier points (hollow: outside the window); "
+              "solid: the fitted law inside the shaded window; dashed black: dense's law in the "
+              "same window.", "", "![loss vs compute](loss_vs_compute.png)", "",
+              "### m(L)", "", "m(L) with its bootstrap band; the marker is the headline at the "
+              "reference loss. Loss decreases to the right.", "",
+              "![multiplier vs loss](multiplier_vs_loss.png)", "",
+              "### Headline multipliers", "", "![compute multipliers](multipliers.png)", "",
               "### Taxonomy", "",
-              "![frontiers coloured by omega](taxonomy_omega.png)", "",
-              "![frontiers coloured by psi](taxonomy_psi.png)", "",
-              "![frontiers coloured by nu](taxonomy_nu.png)", ""]
+              "![m against omega](taxonomy_omega.png)", "",
+              "![m against psi](taxonomy_psi.png)", "",
+              "![m against nu](taxonomy_nu.png)", ""]
+    lines += ["## Diagnostics", "",
+              "| structure | window (FLOPs) | R² (S / dense) | frontier points per width | "
+              "from first half of runs | lr per width | seeds per width |",
+              "|---|---|---|---|---|---|---|"]
+    warn_lines = []
+    for r in summary["structures"]:
+        dg = r["diagnostics"]
+        win = dg.get("window")
+        win_t = f"{_fmt(win[0])}–{_fmt(win[1])}" if win else "n/a"
+        pts = ", ".join(f"{w}: {n}" for w, n in (dg.get("frontier_points_per_width") or {}).items())
+        first = (f"{dg['frontier_points_first_half']} of {dg['frontier_points']}"
+                 if dg.get("frontier_points") else "n/a")
+        lrs = ", ".join(f"{w}: {_fmt(lr)}" for w, lr in (dg.get("lr_by_width") or {}).items())
+        seeds = ", ".join(f"{w}: {n}" for w, n in (dg.get("seeds_per_width") or {}).items())
+        lines.append(f"| {_md(r['name'])} | {win_t} | {_fmt(dg.get('r2'))} / {_fmt(dg.get('dense_r2'))} "
+                     f"| {pts or 'n/a'} | {first} | {lrs or 'n/a'} | {seeds or 'n/a'} |")
+        for w in dg.get("warnings", []):
+            warn_lines.append(f"- **{r['name']}** (warning): {w}")
+        for n in dg.get("notes", []):
+            warn_lines.append(f"- **{r['name']}**: {n}")
+    lines.append("")
+    if warn_lines or rep.notes:
+        lines += ["Warnings and notes:", "", *[f"- {n}" for n in rep.notes], *warn_lines, ""]
+    else:
+        lines += ["No warnings: no width makes up more than half of any frontier.", ""]
+    lines += ["## Settings", "",
+              f"- loss: {s['loss_description']}",
+              f"- transient left out: the first {s['transient_fraction']:.0%} of each run's steps "
+              "(and its warmup)",
+              f"- seeds averaged per (structure, width, step): {s.get('seed_average', 'n/a')}",
+              f"- law: {s['law_form']}" + (f", E = {_fmt(s.get('E'))}" if s.get("E") else ""),
+              f"- window: {s['window_rule']}",
+              f"- reference loss: {s.get('reference_loss_rule', 'n/a')}",
+              f"- interval: {s.get('interval', 'n/a')}, {s['n_bootstrap']} replicates, "
+              f"level {s.get('ci_level', 0.95):g}, bootstrap seed {s['bootstrap_seed']}; "
+              f"run seeds {s['run_seeds']}", ""]
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------
+# plots
+
+
+def _colors(rep: _Report) -> dict[str, Any]:
+    import matplotlib
+
+    others = [i.name for i in rep.infos if not i.is_dense]
+    cmap = matplotlib.colormaps["tab10" if len(others) <= 10 else "tab20"]
+    out: dict[str, Any] = {name: cmap(k % cmap.N) for k, name in enumerate(sorted(others))}
+    out[rep.dense.name] = "black"
+    return out
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _mean_curves(rep: _Report) -> dict[str, list[tuple[int, np.ndarray, np.ndarray]]]:
+    """Per structure: (width, compute, loss) of the seed-averaged curve at the chosen lr,
+    every logged step (transient included: the plot shows what was left out)."""
+    chosen, _ = select_lrs(rep.curves) if rep.curves else ({}, {})
+    groups: dict[tuple[str, int], list[Curve]] = {}
+    for c in rep.curves:
+        if c.lr == chosen.get((c.structure, int(c.width))):
+            groups.setdefault((c.structure, int(c.width)), []).append(c)
+    out: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    for (name, w), cs in sorted(groups.items()):
+        steps = set(cs[0].step.tolist())
+        for c in cs[1:]:
+            steps &= set(c.step.tolist())
+        st = np.asarray(sorted(steps), dtype=np.int64)
+        if st.size == 0:
+            continue
+        comp = np.mean([c.compute[np.searchsorted(c.step, st)] for c in cs], axis=0)
+        loss = np.exp(np.mean([np.log(c.loss[np.searchsorted(c.step, st)]) for c in cs], axis=0))
+        out.setdefault(name, []).append((w, comp, loss))
+    return out
+
+
+def _loglog(ax: Any, small: bool = True) -> None:
+    lim = ax.dataLim.get_points()
+    if np.all(np.isfinite(lim)) and np.all(lim[0] > 0) and ax.has_data():
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "no finished runs to plot", ha="center", va="center",
+                transform=ax.transAxes, color="grey")
+    ax.grid(True, which="major", alpha=0.3, lw=0.5)
+    if ax.get_xscale() == "log":  # few minor ticks: each costs a draw on every render
+        from matplotlib.ticker import LogLocator
+
+        ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+    if small:
+        ax.tick_params(labelsize=7)
+
+
+def _law_line(law: Any, window: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    c = np.geomspace(window[0], window[1], 48)
+    return c, np.asarray(law.loss(c), dtype=float)
+
+
+def _panel_title(name: str, s: dict[str, Any], dense: bool) -> str:
+    if dense:
+        return f"{name} (reference), b = {_fmt(s['exponent'], 2)}"
+    if s["compute_multiplier"] is None:
+        return f"{name}: no multiplier"
+    ci = _ci_text(s["compute_multiplier_ci"]) or "(no interval)"
+    return (f"{name}: m = {_fmt(s['compute_multiplier'], 2)}× {ci}\n"
+            f"at L = {_fmt(s['reference_loss'])}, b = {_fmt(s['exponent'], 2)}")
+
+
+def _plot_loss_vs_compute(rep: _Report, summ: dict[str, dict[str, Any]]) -> bytes:
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    colors = _colors(rep)
+    mean = _mean_curves(rep)
+    items = [rep.dense] + [i for i in rep.infos if not i.is_dense]
+    n = len(items) + (1 if len(items) > 1 else 0)
+    ncol = min(3, n)
+    nrow = math.ceil(n / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.7 * nrow), sharex=True,
+                             sharey=True, squeeze=False)
+    flat = list(axes.ravel())
+    panels = flat
+    if len(items) > 1:
+        ax0, panels = flat[0], flat[1:]
+        for i in items:
+            a = i.analysis
+            if a is None or a.law is None or a.window is None:
+                continue
+            c, lo = _law_line(a.law, a.window)
+            ax0.plot(c, lo, color=colors[i.name], lw=2.4 if i.is_dense else 1.6,
+                     ls="--" if i.is_dense else "-", label=i.name)
+        _loglog(ax0)
+        ax0.set_title("fitted laws inside their windows", fontsize=9)
+        if ax0.get_legend_handles_labels()[0]:
+            ax0.legend(fontsize=7, ncol=1 if len(items) < 7 else 2, loc="upper right", framealpha=0.85)
+    for ax, i in zip(panels, items):
+        col = colors[i.name]
+        for _w, c, lo in mean.get(i.name, []):
+            ax.plot(c, lo, color=col if not i.is_dense else "grey", alpha=0.35, lw=0.9)
+        a = i.analysis
+        if a is not None and a.frontier is not None and len(a.frontier):
+            f = a.frontier
+            inside = (np.zeros(len(f), bool) if a.window is None else
+                      (f.compute >= a.window[0] * (1 - 1e-9)) & (f.compute <= a.window[1] * (1 + 1e-9)))
+            ax.plot(f.compute[inside], f.loss[inside], "o", color=col, ms=3.4)
+            ax.plot(f.compute[~inside], f.loss[~inside], "o", mfc="none", mec=col, ms=3.4, mew=0.8)
+        if a is not None and a.window is not None:
+            ax.axvspan(a.window[0], a.window[1], color=col if not i.is_dense else "grey", alpha=0.08)
+            if a.dense_law is not None and not i.is_dense:
+                c, lo = _law_line(a.dense_law, a.window)
+                ax.plot(c, lo, "--", color="black", lw=1.4)
+            if a.law is not None:
+                c, lo = _law_line(a.law, a.window)
+                ax.plot(c, lo, color=col, lw=2.2, ls="--" if i.is_dense else "-")
+        _loglog(ax)
+        ax.set_title(_panel_title(i.name, summ[i.name], i.is_dense), fontsize=8.5)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    # the transient is shown but does not own the y range: frontiers get most of the height
+    fl = [i.analysis.frontier.loss for i in items if i.analysis is not None
+          and i.analysis.frontier is not None and len(i.analysis.frontier)]
+    if fl and flat[0].get_yscale() == "log":
+        lo_y, hi_y = min(float(x.min()) for x in fl), max(float(x.max()) for x in fl)
+        top = min(flat[0].get_ylim()[1], hi_y * 2.5)
+        flat[0].set_ylim(lo_y * 0.85, top)
+        _plain_log_ticks(flat[0].yaxis)
+    for ax in axes[-1]:
+        ax.set_xlabel("training FLOPs", fontsize=9)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(rep.loss + " loss", fontsize=9)
+    handles = [Line2D([], [], color="grey", alpha=0.5, lw=0.9, label="seed-averaged run (one per width)"),
+               Line2D([], [], marker="o", ls="none", color="grey", ms=4, label="frontier point in window"),
+               Line2D([], [], marker="o", ls="none", mfc="none", mec="grey", ms=4, label="frontier point outside"),
+               Line2D([], [], color="grey", lw=2.2, label="fitted law (inside window)"),
+               Line2D([], [], color="black", lw=1.4, ls="--", label="dense's law, same window"),
+               Patch(color="grey", alpha=0.15, label="common compute window")]
+    fig.suptitle(f"{rep.task}: loss vs training compute", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06 if nrow > 1 else 0.1, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    return _png(fig)
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Log axis ticks as plain numbers (0.6, 0.8, 1) rather than 6 x 10^-1."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _x_loss_axis(ax: Any) -> None:
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=tuple(np.arange(1.0, 10.0))))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _times_axis(ax: Any, axis: str = "y") -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    target.set_minor_formatter(NullFormatter())
+
+
+def _plot_multiplier_vs_loss(rep: _Report, summ: dict[str, dict[str, Any]]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    colors = _colors(rep)
+    bands = {i.name: i.analysis.band for i in rep.infos if not i.is_dense
+             and i.analysis is not None and i.analysis.band is not None}
+    items = [i for i in rep.infos if i.name in bands]
+    many = len(items) > 4
+    if many:
+        ncol = min(3, len(items))
+        nrow = math.ceil(len(items) / ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.3 * nrow), sharex=True,
+                                 sharey=True, squeeze=False)
+        flat = list(axes.ravel())
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        flat = [ax] * max(len(items), 1)
+        axes = np.asarray([[ax]])
+    for k, i in enumerate(items):
+        ax = flat[k]
+        b, s, col = bands[i.name], summ[i.name], colors[i.name]
+        if many:  # the others, faint, for context
+            for j in items:
+                if j is not i:
+                    ax.plot(bands[j.name].loss, bands[j.name].multiplier, color="grey",
+                            lw=0.8, alpha=0.35)
+        ok = np.isfinite(b.lo) & np.isfinite(b.hi)
+        if ok.any():
+            ax.fill_between(b.loss[ok], b.lo[ok], b.hi[ok], color=col, alpha=0.2, lw=0)
+        label = i.name + ("" if ok.any() else " (no interval)")
+        ax.plot(b.loss, b.multiplier, color=col, lw=2.0, label=label)
+        if s["compute_multiplier"] is not None:
+            ci = s["compute_multiplier_ci"]
+            m = s["compute_multiplier"]
+            yerr = None if ci is None else [[max(m - ci[0], 0)], [max(ci[1] - m, 0)]]
+            ax.errorbar([s["reference_loss"]], [m], yerr=yerr, fmt="D", color=col, ms=5,
+                        capsize=3, lw=1.1, mec="black", mew=0.6)
+        if many:
+            ax.set_title(label, fontsize=9)
+    if not items:
+        ax = flat[0]
+        ax.text(0.5, 0.5, "no structure has a multiplier to plot", ha="center", va="center",
+                transform=ax.transAxes, color="grey")
+        ax.set_xlim(1, 2)
+    for ax in set(flat):
+        ax.axhline(1.0, color="black", lw=1.0, ls="--")
+        ax.grid(True, which="both", alpha=0.25, lw=0.5)
+        if items:
+            ax.set_yscale("log")
+            _times_axis(ax)
+    if items:
+        _x_loss_axis(flat[0])   # shared x: inverting once inverts all
+    for ax in axes[-1]:
+        ax.set_xlabel(f"{rep.loss} loss (log, decreasing to the right →)", fontsize=9)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("m(L) = C_dense(L) / C_S(L)", fontsize=9)
+    if not many and items:
+        flat[0].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ttl = (f"{rep.task}: compute multiplier over dense vs loss, 95% bootstrap band\n"
+           "(◆: headline at the reference loss; > 1: cheaper than dense)")
+    if many:
+        fig.suptitle(ttl, fontsize=10)
+        fig.tight_layout()
+        for ax in flat[len(items):]:
+            ax.set_visible(False)
+    else:
+        flat[0].set_title(ttl, fontsize=9)
+    return _png(fig)
+
+
+def _tax_color(rep: _Report, key: str) -> tuple[Any, Any]:
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+
+    vals = [getattr(i, key) for i in rep.infos if getattr(i, key) is not None]
+    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    return Normalize(lo, hi), plt.get_cmap("viridis")
+
+
+def _plot_multipliers(rep: _Report, summ: dict[str, dict[str, Any]]) -> bytes:
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+
+    items = [i for i in rep.infos if not i.is_dense]
+    items.sort(key=lambda i: (summ[i.name]["compute_multiplier"] is not None,
+                              summ[i.name]["compute_multiplier"] or 0.0))
+    norm, cmap = _tax_color(rep, "psi")
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * max(len(items), 2) + 1.7))
+    ys = np.arange(len(items))
+    vals = [v for i in items for v in [summ[i.name]["compute_multiplier"],
+                                       *(summ[i.name]["compute_multiplier_ci"] or [])] if v]
+    span = max([abs(math.log10(v)) for v in vals if v > 0] + [0.3]) * 1.35
+    for y, i in zip(ys, items):
+        s = summ[i.name]
+        m, ci = s["compute_multiplier"], s["compute_multiplier_ci"]
+        if m is None:
+            ax.text(1.0, float(y), "  n/a (no multiplier)", va="center", fontsize=8, color="grey")
+            continue
+        col = cmap(norm(i.psi)) if i.psi is not None else "lightgrey"
+        if ci is not None:
+            ax.errorbar(m, y, xerr=[[max(m - ci[0], 0)], [max(ci[1] - m, 0)]], fmt="none",
+                        ecolor="black", capsize=3, lw=1.1, zorder=2)
+        ax.plot(m, y, "o", color=col, ms=9, mec="black", mew=0.7, zorder=3)
+        text = f"{_fmt(m)}× " + (_ci_text(ci) if ci is not None else "(no interval)")
+        text += f"  at L={_fmt(s['reference_loss'])}"
+        ax.annotate(text, (max(m, ci[1] if ci else m), y), xytext=(7, 0),
+                    textcoords="offset points", va="center", fontsize=7.5)
+    ax.axvline(1.0, color="black", lw=1.1, ls="--", zorder=1)
+    ax.set_xscale("log")
+    ax.set_xlim(10 ** -span, 10 ** (span * 1.5))
+    _times_axis(ax, "x")
+    ax.set_yticks(ys, [i.name + (" (MoE)" if i.is_moe else "") for i in items], fontsize=8.5)
+    ax.set_ylim(-0.7, max(len(items), 1) - 0.3)
+    ax.set_xlabel("compute multiplier over dense at the reference loss (log; > 1: less compute)")
+    ax.set_title(f"{rep.task}: headline compute multipliers with 95% intervals", fontsize=10)
+    ax.grid(True, axis="x", which="both", alpha=0.25, lw=0.5)
+    sm = ScalarMappable(norm=norm, cmap=cmap)
+    sm.set_array([])
+    cb = fig.colorbar(sm, ax=ax, pad=0.02)
+    cb.set_label("ψ (rank exponent); grey: MoE, no ψ", fontsize=8)
+    return _png(fig)
+
+
+def _plot_taxonomy(rep: _Report, summ: dict[str, dict[str, Any]], key: str) -> bytes:
+    import matplotlib.pyplot as plt
+
+    symbol, meaning = _TAX_LABELS[key]
+    colors = _colors(rep)
+    pts = [(i, getattr(i, key), summ[i.name]) for i in rep.infos
+           if getattr(i, key) is not None and summ[i.name]["compute_multiplier"] is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    # spread structures sharing one taxonomy value a little, so their markers do not overlap
+    by_x: dict[float, list] = {}
+    for p in sorted(pts, key=lambda p: p[2]["compute_multiplier"]):
+        by_x.setdefault(round(p[1], 6), []).append(p)
+    xs = [p[1] for p in pts] or [0.0, 1.0]
+    step = 0.02 * max(max(xs) - min(xs), 0.5)
+    for group in by_x.values():
+        for k, (i, v, s) in enumerate(group):
+            xj = v + (k - (len(group) - 1) / 2) * step
+            m, ci = s["compute_multiplier"], s["compute_multiplier_ci"]
+            yerr = None if ci is None else [[max(m - ci[0], 0)], [max(ci[1] - m, 0)]]
+            ax.errorbar([xj], [m], yerr=yerr, fmt="o", color=colors[i.name], ms=7, capsize=3,
+                        mec="black", mew=0.6, lw=1.1, label=i.name + ("" if ci or i.is_dense else " (no interval)"))
+    ax.axhline(1.0, color="black", lw=1.0, ls="--")
+    moe = [i.name for i in rep.infos if i.is_moe]
+    if not pts:
+        ax.text(0.5, 0.5, "no structure with a multiplier and a taxonomy", ha="center",
+                va="center", transform=ax.transAxes, color="grey")
+    else:
+        ax.set_yscale("log")
+        _times_axis(ax)
+        ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_xlim(min(xs) - 0.15, max(xs) + 0.15)
+    ax.set_xlabel(meaning, fontsize=9)
+    ax.set_ylabel("m at the reference loss (× dense)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.25, lw=0.5)
+    ax.set_title(f"{rep.task}: compute multiplier against {symbol}"
+                 + (f" (MoE kinds have no {symbol}: {', '.join(moe)} not shown)" if moe else ""),
+                 fontsize=9.5)
+    return _png(fig)
+
+
+def _render_plots(rep: _Report, summary: dict[str, Any]) -> dict[str, bytes]:
+    summ = {r["name"]: r for r in summary["structures"]}
+    out = {"loss_vs_compute.png": _plot_loss_vs_compute(rep, summ),
+           "multiplier_vs_loss.png": _plot_multiplier_vs_loss(rep, summ),
+           "multipliers.png": _plot_multipliers(rep, summ)}
+    for key in ("omega", "psi", "nu"):
+        out[f"taxonomy_{key}.png"] = _plot_taxonomy(rep, summ, key)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# writing
+
+
 def write_report(out_dir: str | os.PathLike[str], *, task: str | None = None,
-                 n_bootstrap: int = 200, seed: int = 0,
-                 tolerance: float = DEFAULT_TOLERANCE, loss: str = "train",
-                 skip_fraction: float = DEFAULT_SKIP_FRACTION) -> dict[str, Any]:
+                 loss: str = "eval", n_bootstrap: int = 200, seed: int = 0,
+                 transient: float = DEFAULT_TRANSIENT_FRACTION,
+                 offset: None | str | float = None,
+                 reference_loss: float | None = None) -> dict[str, Any]:
     """Analyse ``out_dir/results.sqlite`` and write the report files into ``out_dir``.
 
-    ``loss`` picks the curve the frontier is built from: ``"train"`` (default; see
-    :func:`_curve` for why) or ``"eval"``. Returns the summary dict (as written to
-    summary.json). Raises ``FileNotFoundError`` if the store is missing and ``ValueError`` if
-    it has no runs or no dense runs.
+    ``loss``: the curve frontiers are built from, ``"eval"`` (held-out, default) or
+    ``"train"``; ``transient``: fraction of each run's steps left out; ``offset``: None
+    (L = a C^-b), ``"shared"`` (one E for all, adopted by an AIC criterion) or a fixed E;
+    ``reference_loss``: the headline's loss (default: per structure, the lowest loss both it
+    and dense reach). Returns the summary dict (as written to summary.json). Raises
+    ``FileNotFoundError`` if the store is missing and ``ValueError`` on bad options, an empty
+    store or no dense runs; nothing is written then.
     """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    _check_options(loss, n_bootstrap, transient, offset, reference_loss)
     out = Path(out_dir)
     db = out / STORE_NAME
     if not db.is_file():
         raise FileNotFoundError(f"no results store at {db}; run `einsearch search --out {out}` first")
     with ResultStore(db) as store:
-        task, rows = analyze_store(store, task, n_bootstrap=n_bootstrap, seed=seed,
-                                   tolerance=tolerance, loss=loss, skip_fraction=skip_fraction)
-    summary = _summary_json(task, rows, tolerance, n_bootstrap, loss, skip_fraction)
-    summary["head_to_head"] = head_to_head(rows, n_bootstrap=n_bootstrap, seed=seed,
-                                           tolerance=tolerance)
-    _plot_loss_vs_compute(rows, task, out / "loss_vs_compute.png")
-    for key in ("omega", "psi", "nu"):
-        _plot_taxonomy(rows, task, key, out / f"taxonomy_{key}.png")
-    _plot_multipliers(rows, task, out / "multipliers.png")
-    _atomic_write_bytes(out / "report.md", _markdown(task, rows, summary).encode())
-    _atomic_write_bytes(out / "summary.json",
-                        (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
+        rep = build_report(store, task, loss=loss, n_bootstrap=n_bootstrap, seed=seed,
+                           transient=transient, offset=offset, reference_loss=reference_loss)
+    summary = _summary(rep)
+    files = _render_plots(rep, summary)           # everything in memory first ...
+    files["report.md"] = _markdown(rep, summary).encode()
+    files["summary.json"] = (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode()
+    for name, data in files.items():              # ... then each file atomically
+        atomic_write_bytes(out / name, data)
     return summary

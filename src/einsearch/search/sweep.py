@@ -446,7 +446,7 @@ def format_outcome(outcome: SweepOutcome) -> str:
         for row in outcome.summary["structures"]:
             m, ci = row["compute_multiplier"], row["compute_multiplier_ci"]
             mult = "n/a" if m is None else f"{m:.3g}x"
-            if m is not None and ci[0] is not None and not row.get("is_dense"):
+            if m is not None and ci is not None and ci[0] is not None and not row.get("is_dense"):
                 mult += f" [{ci[0]:.3g}, {ci[1]:.3g}]"
             b = "n/a" if row["exponent"] is None else f"{row['exponent']:.3g}"
             lines.append(f"  {row['name']:<34} multiplier {mult:<22} exponent {b}")
