@@ -100,7 +100,7 @@ def load_spec_roundtrip(spec: SweepSpec) -> SweepSpec:
     ({"dense": [16], "monarch": [32]}, "'monarch' is not one of the structures"),
     ({"dense": [16]}, r"no widths for structure\(s\) \['btt'\]"),
     ({"dense": [16], "btt": []}, "widths.btt must not be empty"),
-    ({"dense": [0], "btt": [16]}, "positive integers"),
+    ({"dense": [0], "btt": [16]}, "widths.dense .*positive integer"),
 ])
 def test_bad_per_structure_widths(widths, match):
     with pytest.raises(ValueError, match=match):
