@@ -299,3 +299,22 @@ def test_several_tasks_need_a_choice(tmp_path):
         write_report(tmp_path, n_bootstrap=5)
     summary = write_report(tmp_path, task="charlm", n_bootstrap=5)
     assert summary["task"] == "charlm" and [r["name"] for r in summary["structures"]] == ["dense"]
+
+
+def test_dominant_width_is_warned_about(tmp_path):
+    """A width logged far more densely than the others owns most of the frontier: the
+    diagnostics say so in summary.json and in the report."""
+    with ResultStore(tmp_path / "results.sqlite") as st:
+        for name, m in (("dense", 1.0), ("btt", 2.0)):
+            for w in (16, 23, 32):
+                for s in range(2):
+                    st.record(make_scaling_result(name, w, s, scaling_law(m),
+                                                  n_points=150 if w == 32 else 24))
+    summary = write_report(tmp_path, n_bootstrap=0)
+    btt = next(r for r in summary["structures"] if r["name"] == "btt")
+    per_width = btt["diagnostics"]["frontier_points_per_width"]
+    assert per_width["32"] > sum(per_width.values()) / 2
+    (warning, *_) = btt["diagnostics"]["warnings"]
+    assert "width 32 makes up" in warning
+    diag = (tmp_path / "report.md").read_text().split("## Diagnostics", 1)[1]
+    assert "**btt** (warning): width 32 makes up" in diag

@@ -691,6 +691,15 @@ def _law_line(law: Any, window: tuple[float, float]) -> tuple[np.ndarray, np.nda
     return c, np.asarray(law.loss(c), dtype=float)
 
 
+def _bottom_labels(flat: Sequence[Any], n: int, ncol: int, label: str) -> None:
+    """x tick labels and label on every visible panel with no visible panel below it
+    (shared x axes hide them on all but the last row, even above an empty slot)."""
+    for k in range(n):
+        if k + ncol >= n:
+            flat[k].xaxis.set_tick_params(labelbottom=True)
+            flat[k].set_xlabel(label, fontsize=9)
+
+
 def _panel_title(name: str, s: dict[str, Any], dense: bool) -> str:
     if dense:
         return f"{name} (reference), b = {_fmt(s['exponent'], 2)}"
@@ -710,7 +719,7 @@ def _plot_loss_vs_compute(rep: _Report, summ: dict[str, dict[str, Any]]) -> byte
     mean = _mean_curves(rep)
     items = [rep.dense] + [i for i in rep.infos if not i.is_dense]
     n = len(items) + (1 if len(items) > 1 else 0)
-    ncol = min(3, n)
+    ncol = 2 if n == 4 else min(3, n)
     nrow = math.ceil(n / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.7 * nrow), sharex=True,
                              sharey=True, squeeze=False)
@@ -760,8 +769,7 @@ def _plot_loss_vs_compute(rep: _Report, summ: dict[str, dict[str, Any]]) -> byte
         top = min(flat[0].get_ylim()[1], hi_y * 2.5)
         flat[0].set_ylim(lo_y * 0.85, top)
         _plain_log_ticks(flat[0].yaxis)
-    for ax in axes[-1]:
-        ax.set_xlabel("training FLOPs", fontsize=9)
+    _bottom_labels(flat, n, ncol, "training FLOPs")
     for ax in axes[:, 0]:
         ax.set_ylabel(rep.loss + " loss", fontsize=9)
     handles = [Line2D([], [], color="grey", alpha=0.5, lw=0.9, label="seed-averaged run (one per width)"),
@@ -856,8 +864,8 @@ def _plot_multiplier_vs_loss(rep: _Report, summ: dict[str, dict[str, Any]]) -> b
             _times_axis(ax)
     if items:
         _x_loss_axis(flat[0])   # shared x: inverting once inverts all
-    for ax in axes[-1]:
-        ax.set_xlabel(f"{rep.loss} loss (log, decreasing to the right →)", fontsize=9)
+    _bottom_labels(flat if many else flat[:1], max(len(items), 1) if many else 1,
+                   ncol if many else 1, f"{rep.loss} loss (log, decreasing to the right →)")
     for ax in axes[:, 0]:
         ax.set_ylabel("m(L) = C_dense(L) / C_S(L)", fontsize=9)
     if not many and items:
@@ -922,10 +930,12 @@ def _plot_multipliers(rep: _Report, summ: dict[str, dict[str, Any]]) -> bytes:
     ax.set_xlabel("compute multiplier over dense at the reference loss (log; > 1: less compute)")
     ax.set_title(f"{rep.task}: headline compute multipliers with 95% intervals", fontsize=10)
     ax.grid(True, axis="x", which="both", alpha=0.25, lw=0.5)
-    sm = ScalarMappable(norm=norm, cmap=cmap)
-    sm.set_array([])
-    cb = fig.colorbar(sm, ax=ax, pad=0.02)
-    cb.set_label("ψ (rank exponent); grey: MoE, no ψ", fontsize=8)
+    if any(i.psi is not None for i in items):
+        sm = ScalarMappable(norm=norm, cmap=cmap)
+        sm.set_array([])
+        cb = fig.colorbar(sm, ax=ax, pad=0.02)
+        cb.set_label("ψ (rank exponent)" + ("; grey: MoE, no ψ" if any(i.is_moe for i in items) else ""),
+                     fontsize=8)
     return _png(fig)
 
 
@@ -952,9 +962,13 @@ def _plot_taxonomy(rep: _Report, summ: dict[str, dict[str, Any]], key: str) -> b
                         mec="black", mew=0.6, lw=1.1, label=i.name + ("" if ci or i.is_dense else " (no interval)"))
     ax.axhline(1.0, color="black", lw=1.0, ls="--")
     moe = [i.name for i in rep.infos if i.is_moe]
-    if not pts:
-        ax.text(0.5, 0.5, "no structure with a multiplier and a taxonomy", ha="center",
-                va="center", transform=ax.transAxes, color="grey")
+    if not any(not i.is_dense for i, _, _ in pts):
+        ax.cla()
+        ax.text(0.5, 0.5, f"no structure other than dense has both a multiplier and a {symbol}"
+                + ("\n(MoE kinds are not points of the θ space)" if moe else ""),
+                ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.set_xticks([])
+        ax.set_yticks([])
     else:
         ax.set_yscale("log")
         _times_axis(ax)
