@@ -298,3 +298,19 @@ def test_pooled_buffers_are_reused_in_a_training_loop():
             opt.step()
             steps.append(fast.POOL.stats()["misses"] - before)
         assert steps[-1] == 0, (cand, steps)
+
+
+@pytest.mark.skipif(not fast.compiler_available(), reason="no working C++ compiler for torch.compile")
+def test_compiled_candidate_matches_reference():
+    """The patient-mode candidate (torch.compile of the two einsums): one small plan, since
+    compiling takes tens of seconds."""
+    plan = make_plan(Theta.btt(0.25), 32, 32)
+    x = torch.randn(6, 32, dtype=f64, requires_grad=True)
+    a, b = _cores(plan)
+    dy = torch.randn(6, 32, dtype=f64)
+    y_ref, g_ref = _grads(einsum_linear_reference, x, a, b, plan, dy)
+    y, g = _grads(fast.candidate("compiled_reference").run, x, a, b, plan, dy)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    for got, want in zip(g, g_ref):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert [c.name for c in fast.candidates(plan, compiled=True)][-1] == "compiled_reference"

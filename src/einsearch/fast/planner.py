@@ -11,9 +11,10 @@ at 1024 tokens).
 Modes (``EINSEARCH_PLANNER``, read once, when the first plan is made; or ``configure``):
 
 * ``estimate``: no timing; the layout search's pick (an estimated copy cost, see layout.py).
-* ``measure`` (default): time the candidates; at most ``reps`` timed rounds within
-  ``budget_s`` seconds per plan (one warm-up and at least one timed round always run, so the
-  bound is ``max(budget_s, two passes of every candidate)``).
+* ``measure`` (default): time the candidates; one warm-up each, then at most ``reps`` timed
+  rounds within ``budget_s`` seconds per plan, only for candidates whose warm-up took at most
+  3x the best one's (at least one timed round always runs, so the bound is
+  ``max(budget_s, one pass of every candidate + two of the contenders)``).
 * ``patient``: as ``measure``, plus ``torch.compile`` variants where a C++ compiler works
   (compiling costs tens of seconds per plan; meant for ``einsearch tune``).
 
@@ -211,16 +212,23 @@ class Planner:
 
         times: dict[str, list[float]] = {}
         failed: dict[str, str] = {}
-        live = []
-        for c in cands:  # warm-up (first-touch, one-time setup) and a correctness guard
+        warm: dict[str, float] = {}
+        for c in cands:  # warm-up (first-touch, one-time setup) and a guard against failures
             try:
+                t0 = time.perf_counter()
                 step(c)
+                warm[c.name] = time.perf_counter() - t0
                 self.timed_runs += 1
-                live.append(c)
-                times[c.name] = []
             except Exception as exc:  # a candidate that cannot run here is dropped, not fatal
                 failed[c.name] = repr(exc)[:200]
                 log.warning("einsearch planner: candidate %s failed on %s (%r); skipped", c.name, entry, exc)
+        # timed rounds only for contenders: a candidate whose warm-up (first-touch included)
+        # took over 3x the best one's is out of the race; its warm-up time is what is reported
+        best_warm = min(warm.values(), default=0.0)
+        live = [c for c in cands if c.name in warm and warm[c.name] <= 3 * best_warm]
+        for c in cands:
+            if c.name in warm:
+                times[c.name] = [] if c in live else [warm[c.name]]
         rounds = 0
         budget = self.config.budget_s
         while live and rounds < self.config.reps:
