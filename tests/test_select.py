@@ -179,7 +179,8 @@ def test_unselected_attention_keeps_its_out_proj_dense_with_a_reason():
     assert "kept dense: layers.1.linear1 (matched by exclude=)" in str(summary)
     model.eval()
     with torch.no_grad():  # the encoder layer's fused path would read linear1.weight
-        assert model(torch.randn(2, 4, 16), src_key_padding_mask=torch.zeros(2, 4, dtype=torch.bool)).shape == (2, 4, 16)
+        out = model(torch.randn(2, 4, 16), src_key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+    assert out.shape == (2, 4, 16)
 
 
 def test_out_proj_of_an_attention_that_cannot_be_swapped_stays_dense():
