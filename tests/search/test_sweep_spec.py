@@ -14,9 +14,8 @@ import torch
 
 import einsearch.search.sweep as sweep_mod
 from einsearch.search.cli import main
-from einsearch.search.runplan import (flops_per_token, format_lr_check, lr_check, match_width,
-                                      width_candidates)
-from einsearch.search.sweep import SweepSpec, load_spec, search
+from einsearch.search.runplan import flops_per_token, format_lr_check, lr_check, match_width, width_candidates
+from einsearch.search.sweep import SweepSpec, search
 from einsearch.search.train import TrainConfig, build_model, count_forward_flops, log_spaced_steps
 
 TESTS = Path(__file__).parent

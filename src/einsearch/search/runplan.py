@@ -39,8 +39,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sweep import SweepSpec
@@ -74,8 +75,8 @@ def _task_options(train: Mapping[str, Any], task: str) -> dict[str, Any]:
     from .tasks import task_options
 
     accepted = task_options(task)
-    opts = {k: train[k] for k in ("depth", "data", "block_size")
-            if k in accepted and train.get(k) is not None}
+    opts: dict[str, Any] = {k: train[k] for k in ("depth", "data", "block_size")
+                            if k in accepted and train.get(k) is not None}
     return opts
 
 
@@ -111,8 +112,7 @@ def _flops_cached(task_name: str, structure: str, width: int, options: tuple) ->
     except (ValueError, TypeError):
         theta = None
     if theta is None:  # not one point of the space (an MoE): build it for real and count
-        cfg = TrainConfig(task=task_name, structure=structure, width=width,
-                          **{k: v for k, v in opts.items() if v is not None or k == "depth"})
+        cfg = TrainConfig(task=task_name, structure=structure, width=width, **opts)
         _, model = build_model(cfg, task)
         x = _example_input(task, "cpu")
         fwd = count_forward_flops(model, x)
@@ -280,7 +280,7 @@ def lr_check(spec: SweepSpec, out_dir: str | os.PathLike[str], *, jobs: int = 1,
     outcome = run_sweep(check, folder, jobs=jobs, show_progress=show_progress,
                         train_fn=train_fn, report=False)
     lrs = list(check.lrs)
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, dict[int, float]] = {}
     with ResultStore(folder / "results.sqlite") as store:
         wanted = {c.run_id() for c in check.configs()}
         for run in store.runs(task=check.task):
