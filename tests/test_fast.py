@@ -314,3 +314,23 @@ def test_compiled_candidate_matches_reference():
     for got, want in zip(g, g_ref):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     assert [c.name for c in fast.candidates(plan, compiled=True)][-1] == "compiled_reference"
+
+
+def test_buffer_pool_reuses_only_free_buffers_and_stays_under_its_cap():
+    pool = fast.BufferPool(max_per_size=4, max_bytes=3 * 8 * 100)
+    a = pool.empty((10, 10), f64, "cpu")
+    b = pool.empty((100,), f64, "cpu")  # same size, but `a` is alive: another buffer
+    assert a.data_ptr() != b.data_ptr() and not a._is_view()
+    ptr = a.data_ptr()
+    del a
+    c = pool.empty((4, 25), f64, "cpu")  # `a` is free again: reused, in the new shape
+    assert c.data_ptr() == ptr and c.shape == (4, 25) and c.is_contiguous()
+    keep = c.view(-1)[:3]  # a view keeps the storage alive too
+    del c
+    assert pool.empty((100,), f64, "cpu").data_ptr() != ptr
+    del keep
+    assert pool.stats()["bytes"] <= 3 * 8 * 100
+    d = pool.empty((50,), f64, "cpu")  # over the cap: free 100-element buffers are evicted first
+    assert pool.stats()["bytes"] <= 3 * 8 * 100 and d.numel() == 50
+    del b
+    assert pool.clear() > 0 and pool.stats()["buffers"] <= 1

@@ -15,8 +15,8 @@ come back as fresh tensors (``set_`` on the storage), never as views, so callers
 returned output in place.
 
 The pool keeps at most ``max_per_size`` buffers per (element count, dtype, device) and at most
-``max_bytes`` in all; beyond that it allocates plainly (correct, just not reused). It never
-shrinks on its own: ``clear()`` drops every buffer nobody else holds. Nothing here changes the
+``max_bytes`` in all: when full it first drops free buffers of other sizes, and otherwise
+allocates plainly (correct, just not reused). ``clear()`` drops every buffer nobody else holds. Nothing here changes the
 process-wide allocator (no ``mallopt``, no environment variable).
 """
 
@@ -69,6 +69,8 @@ class BufferPool:
             else:
                 self.misses += 1
                 nbytes = numel * torch.empty((), dtype=dtype).element_size()
+                if self._bytes + nbytes > self.max_bytes:
+                    self._evict(nbytes)
                 if len(ring) >= self.max_per_size or self._bytes + nbytes > self.max_bytes:
                     return torch.empty(shape, dtype=dtype, device=device)
                 storage = torch.empty(numel, dtype=dtype, device=device).untyped_storage()
@@ -80,6 +82,15 @@ class BufferPool:
                 stride.append(acc)
                 acc *= max(s, 1)
             return out.set_(storage, 0, shape, tuple(reversed(stride)))
+
+    def _evict(self, nbytes: int) -> None:
+        """Drop free buffers (of any size) until ``nbytes`` more fit under ``max_bytes`` (lock held)."""
+        for ring in self._free.values():
+            for st in [st for st in ring if not self._in_use(st)]:
+                if self._bytes + nbytes <= self.max_bytes:
+                    return
+                ring.remove(st)
+                self._bytes -= st.nbytes()
 
     def clear(self) -> int:
         """Drop every buffer nobody else references; returns the bytes released."""
