@@ -4,7 +4,8 @@ The schedule is the block-transpose formulation (``einsearch.fast.blocktranspose
 six GEMMs (two forward; per step an activation gradient and a core gradient) and the copies
 between them that actually move data (a copy whose permutation keeps every axis of size > 1
 in place is a view). Each GEMM is *timed* here at its exact batched shape with ``out=`` into a
-reused buffer (so no first-touch page faults); each copy is charged at the measured copy
+reused buffer (so no first-touch page faults), in the faster of its two memory orders; each
+copy is charged at the measured copy
 bandwidth into a reused buffer. Then, with efficiency = (t_dense / t) / (FLOPs_dense / FLOPs):
 
     ceiling            = t_dense * (FLOPs / FLOPs_dense) / (t_gemms + t_copies)
@@ -56,10 +57,16 @@ def _copies(plan: EinsumPlan, n: int) -> list[tuple[str, int]]:
 
 
 def gemm_seconds(batch: int, m: int, k: int, nn: int, repeats: int = 5) -> float:
-    """Median seconds of one batched GEMM of that shape, ``out=`` into a reused buffer."""
+    """Median seconds of one batched GEMM of that shape, ``out=`` into a reused buffer; the
+    faster of the two memory orders (row-major [B, M, N], or its transpose [B, N, M] with the
+    token axis innermost, as a layout-search program may store it)."""
     left, right = torch.randn(batch, m, k), torch.randn(batch, k, nn)
     out = torch.zeros(batch, m, nn)
-    return median(interleaved({"g": lambda: torch.bmm(left, right, out=out)}, repeats, warmup=2)["g"])
+    left_t, right_t = left.mT.contiguous(), right.mT.contiguous()
+    out_t = torch.zeros(batch, nn, m)
+    times = interleaved({"row": lambda: torch.bmm(left, right, out=out),
+                         "transposed": lambda: torch.bmm(right_t, left_t, out=out_t)}, repeats, warmup=2)
+    return min(median(ts) for ts in times.values())
 
 
 def ceiling(plan: EinsumPlan, tokens: int, t_dense: float, bandwidth: float) -> dict:
