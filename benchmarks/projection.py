@@ -1,4 +1,4 @@
-"""Closed-form projection (einsearch.project.project_cores) against the Adam fit (fit_to_dense).
+"""Closed-form projection (einsearch.projection.project_cores) against the Adam fit (fit_to_dense).
 
 For each named structure at d x d, on a random Gaussian matrix and on a matrix the structure
 can express exactly, in float32 and float64, on one torch thread: seconds and relative
@@ -18,7 +18,7 @@ import torch
 
 from einsearch import EinsumLinear, fit_to_dense, make_plan, resolve_structure
 from einsearch.functional import materialize
-from einsearch.project import project_cores
+from einsearch.projection import project_cores
 
 STRUCTURES = ["dense", "low_rank(0.5)", "kronecker", "tensor_train(0.25)", "btt(0.25)", "monarch"]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from einsearch import EinsumLinear, fit_to_dense, from_linear, structurize
+from einsearch import EinsumLinear, fit_to_dense, from_linear, project, structurize
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # every test here runs in float64
@@ -98,3 +98,51 @@ def test_zero_weight_fits_to_zero():
     layer = EinsumLinear(16, 16, "btt(0.25)", bias=False)
     assert fit_to_dense(layer, torch.zeros(16, 16)) == 0.0
     assert not layer.to_dense().any()
+
+
+def test_project_is_exact_for_a_representable_weight_and_copies_bias(named_theta):
+    torch.manual_seed(5)
+    target = EinsumLinear(48, 40, named_theta)
+    w = target.to_dense().detach()
+    b = torch.randn(40)
+    layer = project(w, named_theta, b)
+    assert layer.theta == named_theta and layer.bias is not None
+    assert torch.linalg.norm(layer.to_dense() - w) <= 1e-10 * torch.linalg.norm(w)
+    x = torch.randn(7, 48)
+    torch.testing.assert_close(layer(x), x @ w.T + b, atol=1e-10, rtol=1e-10)
+
+
+def test_from_linear_projects_by_default_and_adam_on_request():
+    torch.manual_seed(6)
+    linear = nn.Linear(64, 64)
+    layer, err = from_linear(linear, "low_rank(0.5)")
+    s = torch.linalg.svdvals(linear.weight.detach())
+    r = layer.plan.sizes.rho
+    assert err == pytest.approx(math.sqrt((s[r:] ** 2).sum() / (s ** 2).sum()), rel=1e-9)  # Eckart-Young
+    _, adam_err = from_linear(linear, "low_rank(0.5)", method="adam", steps=50)
+    assert adam_err >= err - 1e-12
+    with pytest.raises(ValueError, match="method"):
+        from_linear(linear, "monarch", method="sgd")
+    with pytest.raises(ValueError, match="weight"):
+        project(torch.randn(4, 4, 4), "monarch")
+
+
+def test_structurize_fit_with_calibration_lowers_the_output_error():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    mix = torch.randn(32, 32) * torch.logspace(0, -2, 32)  # strongly correlated inputs
+    x = torch.randn(512, 32) @ mix
+    with torch.no_grad():
+        hidden = model[1](model[0](x))
+        want = model[2](hidden)
+    plain, aware = copy.deepcopy(model), copy.deepcopy(model)
+    structurize(plain, "low_rank(0.5)", select="2", fit=True)
+    summary = structurize(aware, "low_rank(0.5)", select="2", fit=True, calibration=x)
+    with torch.no_grad():  # the reported error is ||(W_hat - W) X^T|| / ||W X^T|| (bias left out)
+        scale = (hidden @ model[2].weight.T).norm()
+        err_plain = (plain[2](hidden) - want).norm() / scale
+        err_aware = (aware[2](hidden) - want).norm() / scale
+    assert err_aware < err_plain
+    assert summary.layers[0].fit_error == pytest.approx(err_aware.item(), rel=1e-6, abs=1e-9)
+    with pytest.raises(ValueError, match="fit=True"):
+        structurize(copy.deepcopy(model), "monarch", calibration=x)

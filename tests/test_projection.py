@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from einsearch import EinsumLinear, Theta, fit_to_dense, make_plan
 from einsearch.functional import materialize
-from einsearch.project import ProjectionResult, project_cores
+from einsearch.projection import ProjectionResult, project_cores
 
 from test_theta import thetas
 

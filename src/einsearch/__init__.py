@@ -10,7 +10,10 @@ Public API::
     structurize                        # replace the linear layers of an existing model
     parse_structure, StructureConfig   # structure kinds (theta, btt_moe, moe) as typed configs
     StructuredLinear                   # base class of the structured layers
-    fit_to_dense, from_linear          # fit a structured layer to a trained dense weight
+    project, from_linear               # nearest structured layer to a trained weight (closed form)
+    project_cores, ProjectionResult    # the projection itself, on tensors (einsearch.projection)
+    densify                            # structured layers back to nn.Linear, for export
+    StructuredMultiheadAttention       # nn.MultiheadAttention with separate q/k/v/out layers
     BTTMoELinear, MoEFFN, moeify       # mixtures of experts in every linear layer / every FFN
 
 The search pipeline (tasks, training, the results store, sweeps, analysis, the report and
@@ -26,12 +29,14 @@ from typing import Any
 
 from . import _moved
 from .base import LayerCost, StructuredLinear
-from .convert import StructurizeSummary, structurize
-from .fit import fit_to_dense, from_linear
+from .attention import StructuredMultiheadAttention
+from .convert import DensifySummary, StructurizeSummary, densify, structurize
+from .fit import fit_to_dense, from_linear, project, project_into
 from .layers import EinsumLinear
 from .moe import BTTMoELinear, MoEFFN, aux_loss, moeify
 from .mup import lr_multipliers, param_groups
 from .plan import EinsumPlan, make_plan
+from .projection import ProjectionResult, project_cores
 from .structures import (
     BTTMoEStructure,
     FFNMoEStructure,
@@ -52,7 +57,8 @@ __all__ = [
     "EinsumPlan", "make_plan", "EinsumLinear", "LayerCost",
     "Taxonomy", "taxonomy", "closed_form_params", "closed_form_flops",
     "param_groups", "lr_multipliers", "structurize", "StructurizeSummary",
-    "fit_to_dense", "from_linear",
+    "project", "project_into", "project_cores", "ProjectionResult", "from_linear", "fit_to_dense",
+    "densify", "DensifySummary", "StructuredMultiheadAttention",
     "BTTMoELinear", "MoEFFN", "moeify", "aux_loss",
     "StructuredLinear", "StructureConfig", "ThetaStructure", "BTTMoEStructure", "FFNMoEStructure",
     "parse_structure", "register_structure", "apply_structure", "structure_kinds",

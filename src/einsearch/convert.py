@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .attention import StructuredMultiheadAttention
-from .guard import finish, prepare
+from .guard import finish, prepare, run_example
 from .layers import EinsumLinear
 from .replace import ReplacedLayer, Select, StructurizeSummary, linear_layers, set_submodule
 from .structures import StructureConfig, apply_structure, parse_structure, replace_linear_layers
 from .theta import Theta, resolve_structure
 
-__all__ = ["structurize", "StructurizeSummary", "ReplacedLayer", "linear_layers", "densify", "DensifySummary"]
+__all__ = ["structurize", "StructurizeSummary", "ReplacedLayer", "linear_layers", "densify", "DensifySummary",
+           "record_linear_inputs", "CALIBRATION_ROWS"]
 
 PerLayer = Callable[[str, nn.Module], "Theta | str"]
 
@@ -28,6 +29,7 @@ def structurize(
     *,
     exclude: Select = None,
     fit: bool = False,
+    calibration: Any = None,
     example_input: Any = None,
     **layer_kwargs: Any,
 ) -> StructurizeSummary:
@@ -46,9 +48,15 @@ def structurize(
             ``model.readout_name``, ``get_output_embeddings()``), else the last linear layer,
             with a warning and a note (``einsearch.select``).
         exclude: layers never to replace, in the same forms as ``select``.
-        fit: keep a trained model's function: fit each new layer's cores to the old weight
-            (``einsearch.fit.fit_to_dense``) and copy its bias, instead of a fresh init.
-            The summary reports each layer's relative Frobenius error.
+        fit: keep a trained model's function: load into each new layer the closed-form
+            projection of the old weight (``einsearch.fit.project_into``, docs/design.md
+            section 7) and copy its bias, instead of a fresh init. The summary reports each
+            layer's relative error.
+        calibration: with ``fit=True``, a model input (same forms as ``example_input``). The
+            model is run on it once before any change, each linear layer's inputs are recorded
+            (at most ``CALIBRATION_ROWS`` rows per layer), and each layer is projected to
+            minimise its output error on them (data-aware projection); the reported error is
+            then the relative output error.
         example_input: optional input for ``model(example_input)`` (a tensor, a tuple of
             arguments or a dict of keyword arguments). After replacing, the model is run on it
             (eval mode, no grad); any change the forward fails with is undone, with the reason.
@@ -79,6 +87,10 @@ def structurize(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(fit, bool):
         raise TypeError(f"fit must be True or False, got {fit!r}")
+    if calibration is not None and not fit:
+        raise ValueError("calibration inputs are used by the projection: pass fit=True with calibration=...")
+    if calibration is not None:
+        layer_kwargs["calibration"] = _LazyCalibration(model, calibration)
     if callable(structure) and not isinstance(structure, (Theta, StructureConfig)):
         per_layer = structure
 
@@ -113,6 +125,65 @@ def _guarded(model: nn.Module, run: Callable[[Callable[[str, nn.Module], bool]],
         raise
     finish(model, summary, prepared, example_input)
     return summary
+
+
+#: rows of recorded inputs kept per layer for the data-aware projection (``calibration=``)
+CALIBRATION_ROWS = 8192
+
+
+class _LazyCalibration(Mapping[str, Tensor]):
+    """Each linear layer's recorded inputs (name -> (n, d_in)), recorded on first lookup.
+
+    Recording waits until the handler asks, so it sees the model after ``guard.prepare`` (an
+    ``nn.MultiheadAttention`` replaced by ``StructuredMultiheadAttention`` has separate q/k/v
+    layers whose inputs can be recorded) and before any layer is replaced.
+    """
+
+    def __init__(self, model: nn.Module, inputs: Any) -> None:
+        self.model, self.inputs = model, inputs
+        self._recorded: dict[str, Tensor] | None = None
+
+    def _data(self) -> dict[str, Tensor]:
+        if self._recorded is None:
+            self._recorded = record_linear_inputs(self.model, self.inputs)
+        return self._recorded
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._data()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+
+def record_linear_inputs(model: nn.Module, inputs: Any, max_rows: int = CALIBRATION_ROWS) -> dict[str, Tensor]:
+    """Run ``model`` on ``inputs`` once (eval, no grad) and return each linear layer's inputs.
+
+    Returns name -> (n, d_in) for every ``nn.Linear`` / ``Conv1D`` that ran (the first
+    ``max_rows`` rows over all its calls). Raises ValueError if the model does not run on them.
+    """
+    recorded: dict[str, list[Tensor]] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0].detach()
+            rows = x.reshape(-1, x.shape[-1])
+            have = sum(r.shape[0] for r in recorded.setdefault(name, []))
+            if have < max_rows:
+                recorded[name].append(rows[: max_rows - have].clone())
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in linear_layers(model)]
+    try:
+        error = run_example(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    if error is not None:
+        raise ValueError(f"structurize: the model does not run on the calibration inputs ({error})")
+    return {name: torch.cat(parts) for name, parts in recorded.items()}
 
 
 # ----------------------------------------------------------------------------- densify

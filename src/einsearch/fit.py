@@ -1,8 +1,16 @@
-"""Fit a structured layer to a dense weight: turn a *trained* nn.Linear into an EinsumLinear.
+"""Turn a *trained* dense weight into a structured layer that keeps its function.
 
 ``structurize`` on its own gives fresh, structure-aware initializations, which is what a
 training run from scratch wants. A pretrained model wants the opposite: keep as much of each
-layer's function as the structure can express. ``fit_to_dense`` finds cores whose
+layer's function as the structure can express.
+
+``project`` / ``project_into`` / ``from_linear`` (the default everywhere) load the closed-form
+projection of ``einsearch.projection`` (docs/design.md section 7): the nearest structured
+matrix in Frobenius norm, exact and optimal for every plan that does not pad, or with
+calibration inputs the one with the smallest output error.
+
+``fit_to_dense`` is the older optimizer-based fit, kept for comparison (``benchmarks/
+projection.py``) and as ``from_linear(..., method="adam")``. It finds cores whose
 ``to_dense()`` is close to a given (d_out, d_in) matrix W in Frobenius norm,
 
     minimize ||to_dense(cores) - W||_F^2 / ||W||_F^2,
@@ -17,15 +25,19 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .layers import EinsumLinear
-from .project import ProjectionResult, project_cores
+from .projection import ProjectionResult, project_cores
 from .theta import Theta
 
-__all__ = ["fit_to_dense", "from_linear", "project_into"]
+__all__ = ["fit_to_dense", "from_linear", "project", "project_into", "FIT_METHODS"]
+
+#: how ``from_linear`` finds the cores: the closed-form projection or the Adam fit
+FIT_METHODS = ("project", "adam")
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +62,7 @@ def fit_to_dense(layer: EinsumLinear, weight: Tensor, bias: Tensor | None = None
         got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(f"weight must be a tensor of shape (d_out, d_in) = ({layer.d_out}, {layer.d_in}), "
                          f"got {got}")
-    if bias is not None:
-        if layer.bias is None:
-            raise ValueError("bias given but the layer was built with bias=False")
-        if not isinstance(bias, Tensor) or tuple(bias.shape) != (layer.d_out,):
-            got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
-            raise ValueError(f"bias must be a tensor of shape (d_out,) = ({layer.d_out},), got {got}")
+    _check_bias(layer, bias)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -100,7 +107,7 @@ def fit_to_dense(layer: EinsumLinear, weight: Tensor, bias: Tensor | None = None
 @torch.no_grad()
 def project_into(layer: EinsumLinear, weight: Tensor, bias: Tensor | None = None, *,
                  calibration: Tensor | None = None, **project_kwargs) -> ProjectionResult:
-    """Set ``layer``'s cores to the projection of ``weight`` (see ``einsearch.project``).
+    """Set ``layer``'s cores to the projection of ``weight`` (``einsearch.projection.project_cores``).
 
     Args:
         layer: the structured layer (its plan fixes the structure and sizes).
@@ -114,22 +121,23 @@ def project_into(layer: EinsumLinear, weight: Tensor, bias: Tensor | None = None
     """
     if not isinstance(layer, EinsumLinear):
         raise TypeError(f"layer must be an EinsumLinear, got {type(layer).__name__}")
-    if bias is not None:
-        if layer.bias is None:
-            raise ValueError("bias given but the layer was built with bias=False")
-        if not isinstance(bias, Tensor) or tuple(bias.shape) != (layer.d_out,):
-            got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
-            raise ValueError(f"bias must be a tensor of shape (d_out,) = ({layer.d_out},), got {got}")
+    _check_bias(layer, bias)
     result = project_cores(weight, layer.plan, calibration=calibration, **project_kwargs)
-    for name, core in (("core_a", result.core_a), ("core_b", result.core_b)):
-        target = getattr(layer, name)
-        target.copy_(core.to(device=target.device, dtype=target.dtype))
-        if layer.config.einsum_norm and core.numel() > 1:
-            rms = core.pow(2).mean().sqrt().item()
-            getattr(layer, "gain" + name[-2:]).fill_(max(1.0, rms / layer.init_std(name)))
+    layer.load_cores(result.core_a.to(layer.core_a), result.core_b.to(layer.core_b))
     if bias is not None:
         layer.bias.copy_(bias)
     return result
+
+
+def _check_bias(layer: EinsumLinear, bias: Tensor | None) -> None:
+    """A bias for ``layer``: None, or a (d_out,) tensor when the layer has a bias."""
+    if bias is None:
+        return
+    if layer.bias is None:
+        raise ValueError("bias given but the layer was built with bias=False")
+    if not isinstance(bias, Tensor) or tuple(bias.shape) != (layer.d_out,):
+        got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
+        raise ValueError(f"bias must be a tensor of shape (d_out,) = ({layer.d_out},), got {got}")
 
 
 def _relative_error(layer: EinsumLinear, target: Tensor, scale: Tensor) -> float:
@@ -146,15 +154,59 @@ def _restart_zero_core(layer: EinsumLinear) -> None:
             core.normal_(0.0, layer.init_std(name))
 
 
-def from_linear(linear: nn.Linear, theta: Theta | str, **fit_kwargs) -> tuple[EinsumLinear, float]:
-    """An ``EinsumLinear`` that approximates ``linear`` (same dtype, device and bias).
+def from_linear(linear: nn.Linear, theta: Theta | str, *, method: str = "project",
+                calibration: Tensor | None = None, **kwargs: Any) -> tuple[EinsumLinear, float]:
+    """An ``EinsumLinear`` of structure ``theta`` nearest to ``linear`` (same dtype, device, bias).
 
-    Returns the layer and its relative Frobenius error (see ``fit_to_dense``). ``fit_kwargs``
-    go to ``fit_to_dense`` (``steps``, ``lr``, ``tol``).
+    Args:
+        linear: the trained layer.
+        theta: the structure (a Theta, a name or theta text).
+        method: ``"project"`` (closed form, the default) or ``"adam"`` (``fit_to_dense``).
+        calibration: (n, d_in) inputs for the data-aware projection (``"project"`` only).
+        kwargs: ``als_sweeps``/``als_restarts`` for ``"project"``; ``steps``/``lr``/``tol`` for
+            ``"adam"``.
+    Returns:
+        The layer and its relative error: ||W_hat - W||_F / ||W||_F, or with calibration inputs
+        the relative output error ||(W_hat - W) X^T|| / ||W X^T||.
     """
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+    if method not in FIT_METHODS:
+        raise ValueError(f"method must be one of {', '.join(FIT_METHODS)}, got {method!r}")
+    if method == "adam" and calibration is not None:
+        raise ValueError("calibration is only used by method='project'; got method='adam' with calibration")
     w = linear.weight
     layer = EinsumLinear(linear.in_features, linear.out_features, theta, bias=linear.bias is not None,
                          device=w.device, dtype=w.dtype)
-    return layer, fit_to_dense(layer, w, linear.bias, **fit_kwargs)
+    if method == "adam":
+        return layer, fit_to_dense(layer, w, linear.bias, **kwargs)
+    result = project_into(layer, w.detach(), None if linear.bias is None else linear.bias.detach(),
+                          calibration=calibration, **kwargs)
+    return layer, result.relative_error
+
+
+def project(weight: Tensor, theta: Theta | str, bias: Tensor | None = None, *,
+            calibration: Tensor | None = None, **layer_kwargs: Any) -> EinsumLinear:
+    """The ``EinsumLinear`` of structure ``theta`` whose matrix is nearest to ``weight``.
+
+    Args:
+        weight: (d_out, d_in) dense weight (as ``nn.Linear.weight``); dtype and device carry over.
+        theta: the structure (a Theta, a name such as ``"monarch"``, or theta text).
+        bias: optional (d_out,) bias, copied.
+        calibration: optional (n, d_in) inputs: minimise the output error on them instead.
+        layer_kwargs: passed to ``EinsumLinear`` (``einsum_norm``, ``fast``).
+    Returns:
+        The layer; its relative error is logged (``from_linear`` / ``project_into`` return it).
+
+    Optimal in Frobenius norm for every plan that does not pad (docs/design.md section 7).
+    """
+    if not isinstance(weight, Tensor) or weight.dim() != 2:
+        got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"weight must be a 2-D tensor (d_out, d_in), got {got}")
+    d_out, d_in = weight.shape
+    layer = EinsumLinear(d_in, d_out, theta, bias=bias is not None, device=weight.device, dtype=weight.dtype,
+                         **layer_kwargs)
+    result = project_into(layer, weight.detach(), None if bias is None else bias.detach(), calibration=calibration)
+    log.info("project %s: %dx%d weight, relative error %.4g (%s, %.3f s)", layer.theta, d_out, d_in,
+             result.relative_error, result.method, result.seconds)
+    return layer

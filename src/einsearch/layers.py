@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from . import functional
 from .base import CORE_NAMES, GAIN_NAMES, LayerCost, StructuredLinear, plan_core
 from .plan import EinsumPlan, make_plan
-from .project import project_cores
+from .projection import project_cores
 from .theta import Theta, resolve_structure
 
 __all__ = ["EinsumLinear", "EinsumLinearConfig", "LayerCost"]
@@ -119,7 +119,7 @@ class EinsumLinear(StructuredLinear):
                     **layer_kwargs: Any) -> "EinsumLinear":
         """The layer of structure ``theta`` nearest to a (trained) ``nn.Linear``.
 
-        Cores come from ``einsearch.project.project_cores`` (closed form, docs/design.md
+        Cores come from ``einsearch.projection.project_cores`` (closed form, docs/design.md
         section 7): the nearest structured matrix in Frobenius norm, or, with ``calibration``
         inputs (n, d_in), the one with the smallest output error. The bias is copied; dtype
         and device follow ``linear``. ``layer_kwargs`` (``einsum_norm``, ``fast``) go to the

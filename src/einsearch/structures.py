@@ -20,7 +20,7 @@ New kinds: :func:`register_structure` (a name, its parser and its handler).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -255,12 +255,14 @@ MakeLayer = Callable[[str, nn.Module, int, int, dict[str, Any]], StructuredLinea
 
 
 def replace_linear_layers(model: nn.Module, make_layer: MakeLayer, label: str, select: Select = None,
-                          *, fit: bool = False, **layer_kwargs: Any) -> StructurizeSummary:
+                          *, fit: bool = False, calibration: Mapping[str, Tensor] | None = None,
+                          **layer_kwargs: Any) -> StructurizeSummary:
     """Replace each selected linear layer with ``make_layer(name, old, d_in, d_out, kwargs)``.
 
     ``kwargs`` holds ``bias``, ``zero_init`` (the old weight was all zeros and ``fit`` is off),
     ``device``, ``dtype`` and ``layer_kwargs``. With ``fit=True`` each new layer is fitted to the
-    old weight and bias (``einsearch.fit.fit_to_dense``).
+    old weight and bias by the closed-form projection (``einsearch.fit.project_into``);
+    ``calibration`` maps a layer name to (n, d_in) inputs it saw, for the data-aware projection.
     """
     pick = select_predicate(select, model)
     summary = StructurizeSummary(structure=label)
@@ -272,7 +274,7 @@ def replace_linear_layers(model: nn.Module, make_layer: MakeLayer, label: str, s
         kwargs = {"bias": has_bias, "zero_init": is_zero and not fit, **layer_kwargs,
                   "device": module.weight.device, "dtype": module.weight.dtype}
         new = make_layer(name, module, d_in, d_out, kwargs)
-        fit_error = _fit(new, module) if fit else None
+        fit_error = _fit(new, module, (calibration or {}).get(name)) if fit else None
         set_submodule(model, name, new)
         cost = new.cost()
         summary.layers.append(ReplacedLayer(
@@ -283,16 +285,19 @@ def replace_linear_layers(model: nn.Module, make_layer: MakeLayer, label: str, s
     return summary
 
 
-def _fit(new: StructuredLinear, old: nn.Module) -> float:
-    """Fit ``new`` to the weight and bias of ``old`` (nn.Linear, or Conv1D with weight (in, out))."""
-    from .fit import fit_to_dense  # the optimizer-based fit is only needed with fit=True
+def _fit(new: StructuredLinear, old: nn.Module, calibration: Tensor | None = None) -> float:
+    """Project ``old``'s weight (nn.Linear, or Conv1D with weight (in, out)) onto ``new`` and copy
+    its bias; returns the relative error (of the outputs on ``calibration`` inputs when given)."""
+    from .fit import project_into  # loading trained weights is only needed with fit=True
 
     if not isinstance(new, EinsumLinear):
         raise TypeError(f"fit=True needs EinsumLinear layers, got {type(new).__name__}")
     weight, bias = old.weight, old.bias
     if not isinstance(weight, Tensor) or not (bias is None or isinstance(bias, Tensor)):
         raise TypeError(f"fit=True: {type(old).__name__} has no weight/bias tensors")
-    return fit_to_dense(new, weight if isinstance(old, nn.Linear) else weight.t(), bias)
+    weight = weight if isinstance(old, nn.Linear) else weight.t()
+    result = project_into(new, weight.detach(), None if bias is None else bias.detach(), calibration=calibration)
+    return result.relative_error
 
 
 def _no_fit(config: StructureConfig, fit: bool) -> None:
@@ -302,13 +307,14 @@ def _no_fit(config: StructureConfig, fit: bool) -> None:
 
 
 def _apply_theta(model: nn.Module, config: ThetaStructure, select: Select = None, *, fit: bool = False,
-                 **layer_kwargs: Any) -> StructurizeSummary:
+                 calibration: Mapping[str, Tensor] | None = None, **layer_kwargs: Any) -> StructurizeSummary:
     theta = config.theta
 
     def make(name: str, old: nn.Module, d_in: int, d_out: int, kwargs: dict[str, Any]) -> EinsumLinear:
         return EinsumLinear(d_in, d_out, theta, **kwargs)
 
-    return replace_linear_layers(model, make, config.label, select, fit=fit, **layer_kwargs)
+    return replace_linear_layers(model, make, config.label, select, fit=fit, calibration=calibration,
+                                 **layer_kwargs)
 
 
 def _apply_btt_moe(model: nn.Module, config: BTTMoEStructure, select: Select = None, *, fit: bool = False,
