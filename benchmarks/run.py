@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["efficiency"].append(res)
         efficiency.print_table(res)
     result["planner"] = fast.planner_report()
+    fast.clear_buffers()  # the efficiency section's pooled buffers are of no use to the next
 
     if not args.skip_train:
         progress("\n[2/3] training throughput at equal FLOPs")

@@ -14,12 +14,11 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from common import interleaved, median, paired_ratio, progress, wait_for_quiet
 from torch import nn
 
 from einsearch import EinsumLinear, Theta
 from einsearch.plan import make_plan
-
-from common import interleaved, median, paired_ratio, progress, wait_for_quiet
 
 
 def _linear(d_in: int, d_out: int, theta: Theta | None, fast: bool) -> nn.Module:

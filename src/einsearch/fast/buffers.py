@@ -15,14 +15,16 @@ come back as fresh tensors (``set_`` on the storage), never as views, so callers
 returned output in place.
 
 The pool keeps at most ``max_per_size`` buffers per (element count, dtype, device) and at most
-``max_bytes`` in all: when full it first drops free buffers of other sizes, and otherwise
-allocates plainly (correct, just not reused). ``clear()`` drops every buffer nobody else holds. Nothing here changes the
-process-wide allocator (no ``mallopt``, no environment variable).
+``max_bytes`` in all (default: an eighth of physical memory, at most 4 GiB): when full it first
+drops free buffers of other sizes, and otherwise allocates plainly (correct, just not reused).
+``clear()`` (``einsearch.fast.clear_buffers()``) drops every buffer nobody else holds. Nothing
+here changes the process-wide allocator (no ``mallopt``, no environment variable).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Sequence
 
@@ -34,10 +36,20 @@ __all__ = ["BufferPool", "POOL"]
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
 
 
+def _default_max_bytes() -> int:
+    """An eighth of physical memory, at most 4 GiB (1 GiB where it cannot be read)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 30
+    return int(min(4 << 30, total // 8))
+
+
 class BufferPool:
     """Buffers keyed by (numel, dtype, device), reused only when no one else holds them."""
 
-    def __init__(self, max_per_size: int = 64, max_bytes: int = 4 << 30) -> None:
+    def __init__(self, max_per_size: int = 64, max_bytes: int | None = None) -> None:
+        max_bytes = _default_max_bytes() if max_bytes is None else max_bytes
         if max_per_size < 0 or max_bytes < 0:
             raise ValueError(f"max_per_size and max_bytes must be >= 0, got {max_per_size}, {max_bytes}")
         self.max_per_size = max_per_size
