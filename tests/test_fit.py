@@ -9,7 +9,6 @@ from torch import nn
 
 from einsearch import EinsumLinear, fit_to_dense, from_linear, project, structurize
 
-
 pytestmark = pytest.mark.usefixtures("float64")  # every test here runs in float64
 
 

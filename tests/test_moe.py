@@ -14,7 +14,6 @@ from einsearch import EinsumLinear, Theta, param_groups, structurize
 from einsearch.moe import BTTMoELinear, MoEFFN, aux_loss, moeify, router_aux_loss
 from einsearch.search.models.gpt import GPT
 
-
 pytestmark = pytest.mark.usefixtures("float64")  # every test here runs in float64
 
 

@@ -4,13 +4,13 @@ import math
 
 import opt_einsum
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import NAMED_STRUCTURES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_theta import thetas
 
 from einsearch import Theta, closed_form_flops, closed_form_params, make_plan, taxonomy
 from einsearch.plan import EQ_A, EQ_B, EQ_X, EQ_Y, integer_sizes
-
-from conftest import NAMED_STRUCTURES
-from test_theta import thetas
 
 
 @given(thetas(), st.sampled_from([1, 2, 12, 64, 97, 100, 360, 1024, 2048]), st.sampled_from([1, 8, 97, 256, 2048]))

@@ -4,13 +4,13 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from test_theta import thetas
 
 from einsearch import EinsumLinear, Theta, fit_to_dense, make_plan
 from einsearch.functional import materialize
 from einsearch.projection import ProjectionResult, project_cores
-
-from test_theta import thetas
 
 pytestmark = pytest.mark.usefixtures("float64")
 

@@ -28,8 +28,8 @@ import warnings
 from typing import Any
 
 from . import _moved
-from .base import LayerCost, StructuredLinear
 from .attention import StructuredMultiheadAttention
+from .base import LayerCost, StructuredLinear
 from .convert import DensifySummary, StructurizeSummary, densify, structurize
 from .fit import fit_to_dense, from_linear, project, project_into
 from .layers import EinsumLinear

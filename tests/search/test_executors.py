@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 import einsearch.search.sweep as sweep_mod
-from einsearch.search.executors import (LocalExecutor, RayExecutor, check_ray_address,
-                                        get_executor)
+from einsearch.search.executors import LocalExecutor, RayExecutor, check_ray_address, get_executor
 from einsearch.search.store import ResultStore
 from einsearch.search.sweep import SweepSpec, run_sweep
 

@@ -13,8 +13,13 @@ from pathlib import Path
 import pytest
 
 from einsearch import Theta
-from einsearch.search.explore import (ExploreSpec, explore, load_explore_spec, named_as,
-                                      params_from_theta, theta_from_params)
+from einsearch.search.explore import (
+    explore,
+    load_explore_spec,
+    named_as,
+    params_from_theta,
+    theta_from_params,
+)
 from einsearch.search.store import ResultStore
 
 TESTS = Path(__file__).parent

@@ -9,8 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from einsearch.search.scaling import (PowerLaw, bootstrap_multiplier, compute_multiplier,
-                               fit_power_law, fit_structure, pareto_frontier)
+from einsearch.search.scaling import (
+    PowerLaw,
+    bootstrap_multiplier,
+    compute_multiplier,
+    fit_power_law,
+    fit_structure,
+    pareto_frontier,
+)
 
 C = np.logspace(10, 14, 25)
 

@@ -7,7 +7,14 @@ import torch
 from torch import nn
 
 from einsearch.search.tasks import (
-    CharLMTask, RegressionTask, decode, encode, get_task, load_corpus, task_names, task_options,
+    CharLMTask,
+    RegressionTask,
+    decode,
+    encode,
+    get_task,
+    load_corpus,
+    task_names,
+    task_options,
 )
 from einsearch.search.tasks.charlm import REPLACEMENT, VOCAB, VOCAB_SIZE
 from einsearch.search.tasks.regression import BATCH_CACHE, Teacher, TeacherSpec, get_teacher

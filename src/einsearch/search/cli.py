@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from einsearch import make_plan, resolve_structure, structure_names, taxonomy
 from einsearch._checks import check_int

@@ -34,9 +34,10 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 __all__ = ["Executor", "LocalExecutor", "RayExecutor", "RunOutcome", "get_executor",
            "EXECUTORS", "DEFAULT_MAX_RETRIES"]

@@ -54,9 +54,10 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 __all__ = ["ExploreSpec", "ExploreOutcome", "load_explore_spec", "explore_preset_names",
            "explore", "score_structure", "theta_from_params", "params_from_theta", "named_as",

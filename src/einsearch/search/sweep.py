@@ -42,9 +42,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from einsearch._checks import check_int, check_non_negative_int, check_positive_float, check_positive_int
 
@@ -379,7 +380,7 @@ def load_spec(preset_or_path: str | os.PathLike[str], **overrides: Any) -> Sweep
     spec_fields = {f.name for f in dataclasses.fields(SweepSpec)}
     for key in data:
         if key not in spec_fields | _EXTRA_KEYS:
-            hint = (f" (did you mean to put it under 'train:'?)"
+            hint = (" (did you mean to put it under 'train:'?)"
                     if _safe_train_fields() and key in _safe_train_fields() else "")
             raise ValueError(f"{source}: unknown key {key!r}{hint}; allowed keys are "
                              f"{sorted(spec_fields)}")
