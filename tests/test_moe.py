@@ -115,7 +115,7 @@ def test_flops_follow_active_experts():
     for k in (2, 8):
         layer = BTTMoELinear(d, d, E, k)
         _random_router(layer)
-        counted[k] = _counted(lambda: layer(x))
+        counted[k] = _counted(lambda layer=layer: layer(x))
         assert counted[k] == n * layer.flops_per_token()  # FlopCounterMode agrees exactly
         router = 2 * d * E
         assert layer.flops_per_token() == router + k * layer.expert_flops()

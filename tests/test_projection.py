@@ -215,7 +215,7 @@ def test_data_aware_monarch_is_exact_for_block_kronecker_inputs():
     w = torch.randn(64, 64)
     res = project_cores(w, plan, calibration=x)
     assert res.exact
-    for k in range(10):
+    for _ in range(10):
         a = res.core_a + 1e-3 * torch.randn(plan.shape_a)
         b = res.core_b + 1e-3 * torch.randn(plan.shape_b)
         assert _out_rel(w, a, b, plan, x) >= res.relative_error - 1e-12

@@ -10,8 +10,10 @@ from einsearch import Theta, resolve_structure, structure_names, taxonomy
 @st.composite
 def thetas(draw, decimals: int = 2):
     unit = 10 ** decimals
-    a = draw(st.integers(0, unit)); b = draw(st.integers(0, unit - a))
-    d = draw(st.integers(0, unit)); e = draw(st.integers(0, unit - d))
+    a = draw(st.integers(0, unit))
+    b = draw(st.integers(0, unit - a))
+    d = draw(st.integers(0, unit))
+    e = draw(st.integers(0, unit - d))
     r = draw(st.integers(0, unit))
     return Theta(a / unit, b / unit, (unit - a - b) / unit, d / unit, e / unit, (unit - d - e) / unit, r / unit)
 

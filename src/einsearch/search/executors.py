@@ -128,7 +128,7 @@ class Executor(abc.ABC):
         :class:`RunOutcome` per config as each finishes. ``progress(config, step, loss)`` is
         called during in-process training only."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  # an optional hook: executors holding nothing need not override it
         """Release workers / the cluster connection."""
 
     def __enter__(self) -> "Executor":

@@ -48,7 +48,8 @@ from einsearch._checks import check_non_negative_float, check_non_negative_int, 
 
 from .tasks import Task, get_task, task_names, task_options
 
-__all__ = ["TrainConfig", "Point", "RunResult", "train", "build_model", "count_forward_flops", "log_spaced_steps", "lr_factor", "make_optimizer", "SCHEDULES"]
+__all__ = ["TrainConfig", "Point", "RunResult", "train", "build_model", "count_forward_flops", "log_spaced_steps",
+           "lr_factor", "make_optimizer", "SCHEDULES"]
 
 logger = logging.getLogger(__name__)
 
