@@ -67,7 +67,7 @@ def fit_to_dense(layer: EinsumLinear, weight: Tensor, bias: Tensor | None = None
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if bias is not None:
+    if bias is not None and layer.bias is not None:  # _check_bias raised if the layer has no bias
         with torch.no_grad():
             layer.bias.copy_(bias)
     target = weight.detach().to(device=layer.core_a.device, dtype=layer.core_a.dtype)
@@ -124,7 +124,7 @@ def project_into(layer: EinsumLinear, weight: Tensor, bias: Tensor | None = None
     _check_bias(layer, bias)
     result = project_cores(weight, layer.plan, calibration=calibration, **project_kwargs)
     layer.load_cores(result.core_a.to(layer.core_a), result.core_b.to(layer.core_b))
-    if bias is not None:
+    if bias is not None and layer.bias is not None:  # _check_bias raised if the layer has no bias
         layer.bias.copy_(bias)
     return result
 

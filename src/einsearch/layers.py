@@ -74,7 +74,7 @@ class EinsumLinear(StructuredLinear):
         self.plan: EinsumPlan = make_plan(theta, d_in, d_out)
         self.config = EinsumLinearConfig(str(theta), d_in, d_out, bool(bias), bool(einsum_norm), bool(zero_init))
         self.fast = fast
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}  # torch.empty/ones keywords
         for name, shape in zip(CORE_NAMES, (self.plan.shape_a, self.plan.shape_b)):
             if math.prod(shape) == 1:
                 self.register_buffer(name, torch.ones(shape, **factory), persistent=False)
@@ -139,7 +139,7 @@ class EinsumLinear(StructuredLinear):
                     device=w.device, dtype=w.dtype, **layer_kwargs)
         result = project_cores(w.detach(), layer.plan, calibration=calibration)
         layer.load_cores(result.core_a, result.core_b)
-        if linear.bias is not None:
+        if linear.bias is not None and layer.bias is not None:  # built with bias= linear's, so both or neither
             with torch.no_grad():
                 layer.bias.copy_(linear.bias)
         log.info("from_linear %s: %dx%d weight, relative error %.4g (%s)", layer.theta, layer.d_out,

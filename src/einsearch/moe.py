@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -210,9 +211,9 @@ class _HoldsAuxLoss:
     """``aux_loss`` holds the last forward's graph; copies and pickles drop it (a non-leaf
     tensor cannot be deep-copied, so ``copy.deepcopy(model)`` would fail after a forward)."""
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state = dict(state) if state is not None else dict(self.__dict__)
+        state = dict(state) if isinstance(state, dict) else dict(self.__dict__)
         state["aux_loss"] = None
         return state
 
@@ -257,7 +258,7 @@ class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
         s = self.expert_plan.sizes
         self._sizes = AxisSizes(s.alpha, s.beta, s.gamma, s.delta, s.epsilon, s.phi, self.num_experts)
         self.zero_init = bool(zero_init)
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}  # torch.empty/ones keywords
         E = self.num_experts
         self.core_a = nn.Parameter(torch.empty(s.alpha, s.gamma, s.delta, s.phi, E, **factory))
         self.core_b = nn.Parameter(torch.empty(s.beta, s.gamma, s.epsilon, s.phi, E, **factory))
@@ -421,7 +422,7 @@ class MoEFFN(_HoldsAuxLoss, nn.Module):
         self.num_experts, self.top_k = check_moe_args(num_experts, top_k, "MoEFFN")
         self.hidden = self.hidden_mult * self.width
         self.zero_init = bool(zero_init)
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}  # torch.empty/ones keywords
         self.w_fc = nn.Parameter(torch.empty(self.num_experts, self.width, self.hidden, **factory))
         self.w_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden, self.width, **factory))
         self.router = Router(self.width, self.num_experts, self.top_k, **factory)

@@ -65,7 +65,8 @@ def _module_multipliers(module: nn.Module, base_width: int | None, width: int | 
     if isinstance(module, nn.Linear):
         return {"weight": width_multiplier(module.in_features, width, base_width)}
     if conv1d is not None and isinstance(module, conv1d):
-        return {"weight": width_multiplier(module.weight.shape[0], width, base_width)}
+        # HF Conv1D stores its weight as (d_in, d_out)
+        return {"weight": width_multiplier(module.get_parameter("weight").shape[0], width, base_width)}
     # MoE layers and other structured modules may declare their own multipliers.
     declare = getattr(module, "mup_lr_multipliers", None)
     if callable(declare):
