@@ -360,7 +360,7 @@ def _frontier(groups: Mapping[int, _Group], means: Mapping[int, np.ndarray]) -> 
     lo = np.exp(np.concatenate([means[w] for w in ws]))
     wid = np.concatenate([np.full(groups[w].compute.size, w) for w in ws])
     half = np.concatenate([groups[w].first_half for w in ws])
-    f = pareto_frontier(c, lo)  # type: ignore[arg-type]  # arrays are fine: it calls np.asarray
+    f = pareto_frontier(c, lo)
     return FrontierPoints(f.compute, f.loss, wid[f.index], half[f.index])
 
 

@@ -240,14 +240,14 @@ def named_as(theta) -> str | None:
 
     Two thetas are the same structure when their canonical forms agree; a family with a rank
     parameter matches any rho (its rho=0 member by its own name: kronecker, monarch)."""
-    from einsearch import NAMED_STRUCTURES, Theta
+    from einsearch import NAMED_STRUCTURES
     from einsearch.theta import _format_number
 
     canon = theta.canonical().as_tuple()
     for family, at_zero in _FAMILIES:
         ref = NAMED_STRUCTURES[family]() if family == "dense" else NAMED_STRUCTURES[family](0.0)
         for t in (ref, ref.swapped()):
-            head = Theta(*t.as_tuple()[:6], canon[6]).canonical().as_tuple()
+            head = dataclasses.replace(t, rho=canon[6]).canonical().as_tuple()
             if all(abs(x - y) < 1e-9 for x, y in zip(head, canon)):
                 if family == "dense":
                     return "dense" if canon[6] == 0 else None
@@ -811,7 +811,7 @@ def _plot_objective(rows: list[dict], multi: bool, path: Path) -> None:
     pruned = [n for n, v, r in done if v is None and r["state"] == "PRUNED"]
     named = [(n, v) for n, v, r in done if v is not None and r["named"]]
     if ok:
-        ax.scatter(*zip(*ok), s=18, c="tab:blue", label="novel theta")
+        ax.scatter([n for n, _ in ok], [v for _, v in ok], s=18, c="tab:blue", label="novel theta")
         best, xs, ys = -math.inf, [], []
         for n, v in sorted(ok):
             best = max(best, v)
@@ -819,7 +819,8 @@ def _plot_objective(rows: list[dict], multi: bool, path: Path) -> None:
             ys.append(best)
         ax.step(xs, ys, where="post", c="k", lw=1, label="best so far")
     if named:
-        ax.scatter(*zip(*named), s=30, marker="s", c="tab:orange", label="named structure")
+        ax.scatter([n for n, _ in named], [v for _, v in named], s=30, marker="s", c="tab:orange",
+                   label="named structure")
     if pruned:
         lo = min((v for _, v in ok), default=1.0)
         ax.scatter(pruned, [lo * 0.9] * len(pruned), marker="x", c="0.6", s=14,
@@ -842,8 +843,8 @@ def _plot_taxonomy(rows: list[dict], multi: bool, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(r["omega"], r["psi"], r["nu"], _objective_value(r, multi), r) for r in rows
-           if _objective_value(r, multi) is not None and r.get("omega") is not None]
+    pts = [(r["omega"], r["psi"], r["nu"], v, r) for r in rows
+           if (v := _objective_value(r, multi)) is not None and r.get("omega") is not None]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
     pairs = (("omega", "psi", 0, 1), ("omega", "nu", 0, 2), ("psi", "nu", 1, 2))
     sc = None

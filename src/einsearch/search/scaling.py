@@ -58,7 +58,9 @@ __all__ = [
 #: the lower convex hull in log-log space
 DEFAULT_TOLERANCE = 0.02
 
-Curve = tuple[Sequence[float], Sequence[float]]  # (compute, loss) of one run
+#: a 1-D series of floats: a list or tuple, or a numpy array (frontiers are arrays)
+FloatSeq = Sequence[float] | np.ndarray
+Curve = tuple[FloatSeq, FloatSeq]  # (compute, loss) of one run
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def _lower_hull(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x[h], y[h]
 
 
-def pareto_frontier(compute: Sequence[float], loss: Sequence[float],
+def pareto_frontier(compute: FloatSeq, loss: FloatSeq,
                     tolerance: float = 0.0) -> Frontier:
     """Lower envelope of (compute, loss) points in log-log space.
 
@@ -193,7 +195,7 @@ def pareto_frontier(compute: Sequence[float], loss: Sequence[float],
     return Frontier(c, lo, idx)
 
 
-def fit_power_law(compute: Sequence[float], loss: Sequence[float], offset: bool = False) -> PowerLaw:
+def fit_power_law(compute: FloatSeq, loss: FloatSeq, offset: bool = False) -> PowerLaw:
     """Fit L = a C^-b by least squares on log L = log a - b log C.
 
     With ``offset=True`` fit L = E + a C^-b (0 <= E < min L) by ``scipy.optimize.curve_fit``
@@ -236,7 +238,7 @@ def _r2(y: np.ndarray, yhat: np.ndarray) -> float:
     return 1.0 - float(np.sum((y - yhat) ** 2)) / ss_tot
 
 
-def compute_multiplier(dense_law: PowerLaw, compute: Sequence[float], loss: Sequence[float],
+def compute_multiplier(dense_law: PowerLaw, compute: FloatSeq, loss: FloatSeq,
                        dense_frontier: Frontier | None = None,
                        struct_law: PowerLaw | None = None) -> MultiplierResult:
     """Compute multiplier of a structure's frontier points ``(compute, loss)`` over dense.

@@ -213,11 +213,11 @@ class SweepSpec:
             if structure in self.widths:
                 return list(self.widths[structure])
             dense = list(self.widths[self.reference_structure()])  # checked in _parse_widths
-        if self.reference_structure() is None:
+        ref = self.reference_structure()
+        if ref is None:
             raise ValueError("widths: match_compute needs dense among the structures")
         from .runplan import flops_per_token, match_width, width_candidates
 
-        ref = self.reference_structure()
         candidates = width_candidates(int(max(dense) * self.max_width_factor))
         if not candidates:
             return dense
@@ -525,7 +525,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike[str], jobs: int = 1,
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     own_executor = executor is None
-    if own_executor:
+    if executor is None:
         executor = LocalExecutor(jobs)
     t0 = time.perf_counter()
     configs = spec.configs()  # a bad spec fails here, before anything is written
