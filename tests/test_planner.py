@@ -50,6 +50,7 @@ def test_a_new_process_reads_the_choice_instead_of_timing(tmp_path):
     again = _planner(tmp_path)
     rec = again.plan(plan, tokens=32)
     assert rec.source == "disk" and rec.choice == first.choice and again.timed_runs == 0
+    assert rec.planning_s == 0.0 and rec.times_ms == first.times_ms
     # another bucket, dtype or inference is another entry: measured
     assert again.plan(plan, tokens=64).source == "measured"
     assert again.plan(plan, tokens=32, dtype=torch.float64).source == "measured"

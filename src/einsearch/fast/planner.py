@@ -170,7 +170,9 @@ class Planner:
                 hit = self.cache.get(entry)
                 if hit and hit.get("choice") in names and hit.get("mode") in MODES:
                     if self.config.mode != "patient" or hit.get("mode") == "patient":
-                        record = PlanRecord(**{**hit, "source": "disk"})
+                        # read, not measured: no planning cost in this process (the stored
+                        # timings stay, for the report)
+                        record = PlanRecord(**{**hit, "source": "disk", "planning_s": 0.0})
             if record is None:
                 record = self._measure(plan, cands, dtype, device, tokens, train, entry)
                 if self.cache is not None:
