@@ -61,7 +61,7 @@ class PlannerConfig:
     plan, and where the cache lives (``cache_dir``; ``use_disk=False`` keeps it in memory)."""
 
     mode: str = "measure"
-    reps: int = 3
+    reps: int = 5
     budget_s: float = 2.0
     cache_dir: Path | None = None
     use_disk: bool = True
