@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
-from einsearch import Theta
+# The fast path's planner caches its measured choices on disk; tests keep theirs in a folder of
+# their own instead of the user's ~/.cache/einsearch (set before einsearch plans anything).
+os.environ.setdefault("EINSEARCH_CACHE_DIR", tempfile.mkdtemp(prefix="einsearch-test-planner-"))
+
+from einsearch import Theta  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one worker per core: more torch threads than cores makes OpenMP
