@@ -228,3 +228,11 @@ def test_dry_run_prints_the_run_table_and_writes_nothing(tmp_path, capsys):
     assert [(r[0], int(r[1])) for r in rows] == [("dense", 16), ("dense", 32), ("btt", 16),
                                                    ("btt", 32)]
     assert not out.exists()
+
+
+def test_seeds_option_overrides_the_preset_seeds(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["search", "--preset", "tiny", "--dry-run", "--seeds", "7", "9", "--out", str(out)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("dense ")]
+    assert rows and all("7,9" in r for r in rows)
+    assert not out.exists()

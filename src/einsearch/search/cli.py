@@ -123,7 +123,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
           flush=True)
     outcome = search(args.preset, out, task=args.task, structures=args.structures, widths=args.widths,
                      jobs=args.jobs, show_progress=not args.quiet, steps=args.steps, data=args.data,
-                     executor=args.executor, address=args.address)
+                     seeds=args.seeds, executor=args.executor, address=args.address)
     print(format_outcome(outcome))
     return 0 if outcome.ok else 1
 
@@ -134,7 +134,7 @@ def _search_plan(args: argparse.Namespace, out: str) -> int:
     from .sweep import load_spec
 
     spec = load_spec(args.preset, task=args.task, structures=args.structures, widths=args.widths,
-                     steps=args.steps, data=args.data)
+                     steps=args.steps, data=args.data, seeds=args.seeds)
     spec.check_buildable()
     if args.dry_run:
         print(format_run_table(spec))
@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--structures", nargs="+", default=None, help="override the preset's structures")
     search.add_argument("--widths", nargs="+", type=_positive_int, default=None)
     search.add_argument("--steps", type=_positive_int, default=None, help="training steps per run")
+    search.add_argument("--seeds", nargs="+", type=_non_negative_int, default=None,
+                        help="override the preset's seeds (e.g. to re-run it with other seeds)")
     search.add_argument("--data", default=None, help="text file or directory for charlm")
     search.add_argument("--jobs", type=_positive_int, default=1, help="parallel worker processes")
     search.add_argument("--quiet", action="store_true", help="no progress bar")
