@@ -69,7 +69,7 @@ def test_structurize_fit_keeps_the_function_better_than_a_fresh_init():
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(weight_shape=(3, 4)), ValueError, r"shape \(d_out, d_in\) = \(8, 16\)"),
     (dict(steps=-1), ValueError, "steps must be a non-negative integer"),
-    (dict(lr=0.0), ValueError, "lr must be a positive number"),
+    (dict(lr=0.0), ValueError, "lr must be a positive finite number"),
     (dict(bias=torch.zeros(3)), ValueError, r"bias must be a tensor of shape \(d_out,\) = \(8,\)"),
 ])
 def test_fit_errors(kwargs, error, match):

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_non_negative_int, check_positive_float
 from .layers import EinsumLinear
 from .projection import ProjectionResult, project_cores
 from .theta import Theta
@@ -63,10 +64,8 @@ def fit_to_dense(layer: EinsumLinear, weight: Tensor, bias: Tensor | None = None
         raise ValueError(f"weight must be a tensor of shape (d_out, d_in) = ({layer.d_out}, {layer.d_in}), "
                          f"got {got}")
     _check_bias(layer, bias)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    check_non_negative_int(steps, "steps")
+    check_positive_float(lr, "lr")
     if bias is not None and layer.bias is not None:  # _check_bias raised if the layer has no bias
         with torch.no_grad():
             layer.bias.copy_(bias)

@@ -39,6 +39,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+from einsearch._checks import check_int, check_non_negative_int, check_positive_int
+
 __all__ = ["Executor", "LocalExecutor", "RayExecutor", "RunOutcome", "get_executor",
            "EXECUTORS", "DEFAULT_MAX_RETRIES"]
 
@@ -142,9 +144,7 @@ class Executor(abc.ABC):
 
 
 def _check_retries(max_retries: int) -> int:
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
-    return max_retries
+    return check_non_negative_int(max_retries, "max_retries")
 
 
 class LocalExecutor(Executor):
@@ -161,11 +161,8 @@ class LocalExecutor(Executor):
 
     def __init__(self, jobs: int = 1, *, max_retries: int = DEFAULT_MAX_RETRIES,
                  threads_per_run: int = 1):
-        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-            raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
-        if (isinstance(threads_per_run, bool) or not isinstance(threads_per_run, int)
-                or threads_per_run < 1):
-            raise ValueError(f"threads_per_run must be a positive integer, got {threads_per_run!r}")
+        check_positive_int(jobs, "jobs")
+        check_positive_int(threads_per_run, "threads_per_run")
         self.jobs = jobs
         self.max_retries = _check_retries(max_retries)
         self.threads_per_run = threads_per_run
@@ -332,13 +329,9 @@ class RayExecutor(Executor):
                  connect_timeout: float = RAY_CONNECT_TIMEOUT_S):
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise ValueError(f"address must be a non-empty string or None, got {address!r}")
-        if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int)
-                                     or num_cpus < 1):
-            raise ValueError(f"num_cpus must be a positive integer or None, got {num_cpus!r}")
-        if (isinstance(num_cpus_per_run, bool) or not isinstance(num_cpus_per_run, int)
-                or num_cpus_per_run < 1):
-            raise ValueError(f"num_cpus_per_run must be a positive integer, got "
-                             f"{num_cpus_per_run!r}")
+        if num_cpus is not None:
+            check_int(num_cpus, "num_cpus", minimum=1, expected="a positive integer or None")
+        check_positive_int(num_cpus_per_run, "num_cpus_per_run")
         try:
             import ray  # noqa: F401
         except ImportError:
@@ -443,7 +436,6 @@ def get_executor(name: str = "local", jobs: int = 1, address: str | None = None,
             raise ValueError(f"--address {address!r} is for the ray executor; "
                              "add --executor ray or drop --address")
         return LocalExecutor(jobs, max_retries=max_retries)
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    check_positive_int(jobs, "jobs")
     return RayExecutor(address, num_cpus=jobs if address is None and jobs > 1 else None,
                        max_retries=max_retries)

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from einsearch._checks import check_positive_float
+
 from ._io import atomic_write_bytes, utc_now_iso
 from .analysis import (
     DEFAULT_TRANSIENT_FRACTION,
@@ -178,10 +180,8 @@ def _check_options(loss: Any, n_bootstrap: Any, transient: Any, offset: Any,
             isinstance(offset, bool) or not isinstance(offset, (int, float))
             or not math.isfinite(offset) or offset < 0):
         raise ValueError(f"offset must be None, 'shared' or a fixed E >= 0, got {offset!r}")
-    if reference_loss is not None and (
-            isinstance(reference_loss, bool) or not isinstance(reference_loss, (int, float))
-            or not math.isfinite(reference_loss) or reference_loss <= 0):
-        raise ValueError(f"reference_loss must be a finite loss > 0, got {reference_loss!r}")
+    if reference_loss is not None:
+        check_positive_float(reference_loss, "reference_loss")
 
 
 def build_report(store: ResultStore, task: str | None = None, *, loss: str = "eval",

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from einsearch._checks import check_positive_int
+
 from .mlp import spectral_init_
 
 __all__ = ["GPT", "GPTBlock", "CausalSelfAttention", "gpt_heads", "D_HEAD"]
@@ -27,8 +29,7 @@ D_HEAD = 64
 
 def gpt_heads(width: int, d_head: int = D_HEAD) -> int:
     """Number of heads for ``width``: width // d_head, or 1 head of size width when width < d_head."""
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"GPT width must be a positive integer, got {width!r}")
+    check_positive_int(width, "width", "GPT")
     if width < d_head:
         return 1
     if width % d_head:
@@ -106,8 +107,7 @@ class GPT(nn.Module):
         super().__init__()
         n_head = gpt_heads(width)
         for field, value in (("vocab_size", vocab_size), ("block_size", block_size), ("depth", depth)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPT: {field} must be a positive integer, got {value!r}")
+            check_positive_int(value, field, "GPT")
         self.width = width
         self.depth = depth
         self.n_head = n_head

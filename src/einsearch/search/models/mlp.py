@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from einsearch._checks import check_positive_int
+
 __all__ = ["ResidualMLP", "MLPBlock", "spectral_init_", "ZERO_INIT_ATTR"]
 
 #: attribute set to True on linear layers that start at zero (last layer of a residual branch,
@@ -67,8 +69,7 @@ class ResidualMLP(nn.Module):
         super().__init__()
         checked = (("width", width), ("d_in", d_in), ("d_out", d_out), ("depth", depth), ("expansion", expansion))
         for field, value in checked:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ResidualMLP: {field} must be a positive integer, got {value!r}")
+            check_positive_int(value, field, "ResidualMLP")
         self.width = width
         self.depth = depth
         self.input = spectral_init_(nn.Linear(d_in, width))

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from einsearch._checks import check_positive_int
+
 from ..models.gpt import GPT, gpt_heads
 from .base import Task, TensorSpec, step_generator
 
@@ -197,8 +199,7 @@ class CharLMTask(Task):
     def __init__(self, *, data: str | Path | None = None, block_size: int = 128, depth: int | None = None) -> None:
         self.depth = self.default_depth if depth is None else depth
         for fname, value in (("block_size", block_size), ("depth", self.depth)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"charlm task: {fname} must be a positive integer, got {value!r}")
+            check_positive_int(value, fname, "charlm task")
         self.block_size = block_size
         self.tokens_per_example = block_size
         self.corpus = _cached_corpus(None if data is None else str(Path(data).expanduser().resolve()))

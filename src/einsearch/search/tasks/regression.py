@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from einsearch._checks import check_non_negative_int, check_positive_int
+
 from ..models.mlp import ResidualMLP
 from .base import Task, TensorSpec, step_generator
 
@@ -138,10 +140,8 @@ class RegressionTask(Task):
                  teacher_depth: int = 6) -> None:
         self.depth = self.default_depth if depth is None else depth
         for field, value in (("depth", self.depth), ("teacher_width", teacher_width), ("teacher_depth", teacher_depth)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"regression task: {field} must be a positive integer, got {value!r}")
-        if isinstance(teacher_seed, bool) or not isinstance(teacher_seed, int) or teacher_seed < 0:
-            raise ValueError(f"regression task: teacher_seed must be a non-negative integer, got {teacher_seed!r}")
+            check_positive_int(value, field, "regression task")
+        check_non_negative_int(teacher_seed, "teacher_seed", "regression task")
         self.teacher_key = (teacher_seed, self.D_IN, teacher_width, teacher_depth)
         self.input_spec = TensorSpec((-1, self.D_IN), "float", "standard Gaussian inputs")
         self.output_spec = TensorSpec((-1, 1), "float", "teacher output, standardized to mean 0, std 1")
