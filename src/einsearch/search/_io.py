@@ -1,4 +1,4 @@
-"""Small file and time helpers shared by the pipeline (store, sweep, report)."""
+"""Small file and time helpers shared by the pipeline (store, sweep, report, explore)."""
 
 from __future__ import annotations
 

@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_write_bytes
+
 __all__ = ["ExploreSpec", "ExploreOutcome", "load_explore_spec", "explore_preset_names",
            "explore", "score_structure", "theta_from_params", "params_from_theta", "named_as",
            "OBJECTIVES", "DEGENERATE_RULES"]
@@ -722,12 +724,6 @@ def _trial_rows(study) -> list[dict[str, Any]]:
     return rows
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _ratio_interval(a: tuple[float, tuple | None], b: tuple[float, tuple | None]):
     """m_a / m_b with a 95 % interval from the two intervals (log-normal approximation,
     independent estimates): None when either has no interval."""
@@ -782,14 +778,14 @@ def write_outputs(study, spec: ExploreSpec, out: Path, objective: str, url: str 
         summary["comparison"] = _comparison(rows)
     else:
         summary["pareto_front"] = [t.number for t in study.best_trials]
-    _atomic_write(out / JSON_NAME, (json.dumps(summary, indent=2, default=str) + "\n").encode())
+    atomic_write_bytes(out / JSON_NAME, (json.dumps(summary, indent=2, default=str) + "\n").encode())
     if final:
         try:
             _plot_objective(rows, multi, out / PLOT_NAMES[0])
             _plot_taxonomy(rows, multi, out / PLOT_NAMES[1])
         except Exception as err:  # noqa: BLE001 - a plot must not lose the study's report
             log.error("plots failed: %s", err)
-        _atomic_write(out / REPORT_NAME, _markdown(summary, multi).encode())
+        atomic_write_bytes(out / REPORT_NAME, _markdown(summary, multi).encode())
     return summary
 
 
