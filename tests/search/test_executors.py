@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import einsearch.search.sweep as sweep_mod
 from einsearch.search.executors import LocalExecutor, RayExecutor, check_ray_address, get_executor
 from einsearch.search.store import ResultStore
 from einsearch.search.sweep import SweepSpec, run_sweep
@@ -110,11 +109,6 @@ def test_unreachable_ray_address_fails_fast():
     with pytest.raises(ValueError, match="num_cpus must be a positive integer"):
         RayExecutor(num_cpus=0)
 
-
-@pytest.fixture
-def fake_config(monkeypatch):
-    monkeypatch.setattr(sweep_mod, "_train_config_cls", lambda: FakeTrainConfig)
-    return FakeTrainConfig
 
 
 def test_run_sweep_through_an_executor_retries_dead_workers(tmp_path, fake_config):

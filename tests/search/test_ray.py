@@ -15,7 +15,6 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-import einsearch.search.sweep as sweep_mod  # noqa: E402
 from einsearch.search.executors import LocalExecutor, RayExecutor  # noqa: E402
 from einsearch.search.store import ResultStore  # noqa: E402
 from einsearch.search.sweep import SweepSpec, run_sweep  # noqa: E402
@@ -61,10 +60,6 @@ def ray_cluster(tmp_path_factory):
             ray.shutdown()
         subprocess.run([exe, "stop", "--force"], env=env, capture_output=True, timeout=60)
 
-
-@pytest.fixture
-def fake_config(monkeypatch):
-    monkeypatch.setattr(sweep_mod, "_train_config_cls", lambda: FakeTrainConfig)
 
 
 def _losses(path: Path) -> dict:

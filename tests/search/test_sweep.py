@@ -21,16 +21,10 @@ from einsearch.search.sweep import SweepSpec, load_spec, preset_names, run_sweep
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
-from fake_runs import FakeTrainConfig, fake_train  # noqa: E402
+from fake_runs import fake_train  # noqa: E402
 
 FAST = {"steps": 20, "warmup_steps": 0, "log_every": 1}
 
-
-@pytest.fixture
-def fake_config(monkeypatch):
-    """Build FakeTrainConfig instead of TrainConfig (same fields), for the fake trainer."""
-    monkeypatch.setattr(sweep_mod, "_train_config_cls", lambda: FakeTrainConfig)
-    return FakeTrainConfig
 
 
 def spec_of(**kw) -> SweepSpec:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import einsearch.search.sweep as sweep_mod
 from einsearch.search.cli import main
 from einsearch.search.runplan import flops_per_token, format_lr_check, lr_check, match_width, width_candidates
 from einsearch.search.sweep import SweepSpec, search
@@ -20,15 +19,10 @@ from einsearch.search.train import TrainConfig, build_model, count_forward_flops
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
-from fake_runs import FakeTrainConfig, fake_train  # noqa: E402
+from fake_runs import fake_train  # noqa: E402
 
 FAST = {"steps": 20, "warmup_steps": 0, "log_every": 1}
 
-
-@pytest.fixture
-def fake_config(monkeypatch):
-    monkeypatch.setattr(sweep_mod, "_train_config_cls", lambda: FakeTrainConfig)
-    return FakeTrainConfig
 
 
 # ------------------------------------------------------------------------------------------
