@@ -203,15 +203,7 @@ def curves_from_store(store: Any, task: str | None = None, loss: str = "eval") -
     elif not isinstance(store, ResultStore):
         raise TypeError(f"store must be a ResultStore or a path, got {type(store).__name__}")
     try:
-        tasks = store.tasks()
-        if not tasks:
-            raise ValueError(f"store {store.path} holds no runs yet")
-        if task is None:
-            if len(tasks) > 1:
-                raise ValueError(f"store {store.path} holds several tasks {tasks}; choose one with task=")
-            task = tasks[0]
-        elif task not in tasks:
-            raise ValueError(f"task {task!r} has no runs in {store.path}; it has {tasks}")
+        task = store.resolve_task(task)
         out = []
         for run, points in store.load(task=task, status="finished"):
             pairs = [(p.step, p.compute, p.eval_loss if loss == "eval" else p.train_loss)

@@ -192,15 +192,7 @@ def build_report(store: ResultStore, task: str | None = None, *, loss: str = "ev
     """Analyse ``task`` in ``store`` (nothing written). Raises ``ValueError`` when the store is
     empty, holds several tasks and none was chosen, or has no dense run."""
     _check_options(loss, n_bootstrap, transient, offset, reference_loss)
-    tasks = store.tasks()
-    if not tasks:
-        raise ValueError(f"{store.path} holds no runs yet; run a sweep first")
-    if task is None:
-        if len(tasks) > 1:
-            raise ValueError(f"{store.path} holds several tasks {tasks}; choose one with task=")
-        task = tasks[0]
-    elif task not in tasks:
-        raise ValueError(f"{store.path} has no runs of task {task!r}; it has {tasks}")
+    task = store.resolve_task(task)
     infos = _infos(store.runs(task=task))
     dense_rows = [i for i in infos if i.is_dense]
     if not dense_rows:

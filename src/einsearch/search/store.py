@@ -378,6 +378,23 @@ class ResultStore:
     def tasks(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT DISTINCT task FROM runs ORDER BY task")]
 
+    def resolve_task(self, task: str | None = None) -> str:
+        """``task`` if the store has runs of it; with None, the store's only task.
+
+        Raises ValueError when the store is empty, holds several tasks and none was chosen, or
+        has no runs of ``task``.
+        """
+        tasks = self.tasks()
+        if not tasks:
+            raise ValueError(f"{self.path} holds no runs yet; run a sweep first")
+        if task is None:
+            if len(tasks) > 1:
+                raise ValueError(f"{self.path} holds several tasks {tasks}; choose one with task=")
+            return tasks[0]
+        if task not in tasks:
+            raise ValueError(f"{self.path} has no runs of task {task!r}; it has {tasks}")
+        return task
+
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
