@@ -20,15 +20,24 @@ Objective. The compute multiplier over dense (maximised) of the theta on a small
 (the preset's widths x seeds x lrs x train settings), estimated by :func:`score_structure`
 (the pipeline's estimator, :mod:`einsearch.search.analysis`). Dense's reference runs are
 trained once per study, before the first trial, and reused from the results store
-``DIR/results.sqlite`` like every other run. ``--objective multiplier+params`` adds a second
-objective, the parameter count relative to dense at the largest width (minimised), for a
-Pareto front; multi-objective studies cannot prune (Optuna has no multi-objective pruner), so
-every trial there trains all its widths.
+``DIR/results.sqlite`` like every other run. The preset's ``widths`` are dense's; with
+``match_compute: true`` (the default) a trial's theta trains, for each dense width, at the
+width whose training FLOPs per token is closest to dense's there (the sweep's rule,
+:meth:`einsearch.search.sweep.SweepSpec.matched_widths`), so its frontier covers dense's
+compute window; ``false`` trains it at dense's widths. Every run (dense's and the trials')
+uses muP's ``base_width`` = dense's smallest width unless ``train.base_width`` is set.
+``--objective multiplier+params`` adds a second objective, the parameter count relative to
+dense at dense's largest width, the theta taken at its width matched to it (at equal compute
+with ``match_compute``, else at equal width; minimised), for a Pareto front; multi-objective
+studies cannot prune (Optuna has no multi-objective pruner), so every trial there trains all
+its widths.
 
 Pruning over compute. Trials run in batches of the executor's concurrency; the runs of a batch
-are trained width by width, smallest first. After each width but the last, every trial of the
-batch reports its multiplier on the widths so far (``trial.report``, step = width index) and a
-``MedianPruner`` stops trials that are below the median of earlier trials at that step.
+are trained width by width in dense's width order, smallest first (step i: each theta at its
+width matched to dense's i-th). After each step but the last, every trial of the batch reports
+its multiplier on the runs so far (``trial.report``, step = dense width index: dense's widths up
+to the i-th against the theta's matched ones) and a ``MedianPruner`` stops trials that are below
+the median of earlier trials at that step.
 
 Resuming. The study lives in an Optuna storage (``sqlite:///DIR/explore.db`` by default,
 any Optuna storage URL with ``storage=``; the study name is fixed per preset, so several
@@ -95,6 +104,7 @@ class ExploreSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     lrs: list[float] = field(default_factory=lambda: [3e-3])
     train: dict[str, Any] = field(default_factory=dict)
+    match_compute: bool = True
     references: list[str] = field(default_factory=lambda: list(DEFAULT_REFERENCES))
     grid: int = 8
     degenerate: str = "prune"
@@ -110,9 +120,12 @@ class ExploreSpec:
 
         from .sweep import SweepSpec
 
+        if not isinstance(self.match_compute, bool):
+            raise ValueError(f"match_compute must be true or false, got {self.match_compute!r}")
         # the sweep part is validated exactly as a sweep would validate it
         sweep = SweepSpec(task=self.task, structures=[DENSE], widths=self.widths,
-                          seeds=self.seeds, lrs=self.lrs, train=self.train)
+                          seeds=self.seeds, lrs=self.lrs, train=self.train,
+                          match_compute=self.match_compute)
         self.widths, self.seeds, self.lrs, self.train = (sorted(set(sweep.widths)), sweep.seeds,
                                                          sweep.lrs, sweep.train)
         if not isinstance(self.references, (list, tuple)):
@@ -140,16 +153,36 @@ class ExploreSpec:
         _int_in("sampler_seed", self.sampler_seed, 0, 2**32 - 1)
         _int_in("n_startup_trials", self.n_startup_trials, 0, 100_000)
 
-    def sweep(self, structures: Sequence[str], widths: Sequence[int] | None = None):
-        """The SweepSpec that trains ``structures`` (dense not added) on ``widths``."""
+    def sweep(self, structures: Sequence[str]):
+        """The SweepSpec that trains ``structures`` (dense not added): ``widths`` are dense's,
+        matched per structure with ``match_compute``; ``base_width`` = dense's smallest width
+        (or ``train.base_width``) for every structure, so equal configs give equal run ids."""
         from .sweep import SweepSpec
 
-        return SweepSpec(task=self.task, structures=list(structures),
-                         widths=list(widths or self.widths), seeds=self.seeds, lrs=self.lrs,
-                         train=self.train, include_dense=False)
+        train = {"base_width": min(self.widths), **self.train}
+        return SweepSpec(task=self.task, structures=list(structures), widths=list(self.widths),
+                         seeds=self.seeds, lrs=self.lrs, train=train, include_dense=False,
+                         match_compute=self.match_compute)
 
-    def configs(self, structures: Sequence[str], widths: Sequence[int] | None = None) -> list:
-        return self.sweep(structures, widths).configs()
+    def widths_for(self, structure: str) -> list[int]:
+        """The width ``structure`` trains at for each of dense's ``widths`` (same order; two
+        dense widths may give the same width): compute-matched, or dense's widths."""
+        if not self.match_compute:
+            return list(self.widths)
+        cache = self.__dict__.setdefault("_matched", {})  # not a field: not in to_dict
+        if structure not in cache:
+            cache[structure] = self.sweep([structure]).matched_widths(structure)
+        return list(cache[structure])
+
+    def configs(self, structures: Sequence[str], step: int | None = None) -> list:
+        """The TrainConfigs of ``structures``: all of them, or with ``step`` = i only each
+        structure's runs at its width for dense's i-th width (the pruning steps)."""
+        cfgs = self.sweep(structures).configs()
+        if step is None:
+            return cfgs
+        _int_in("step", step, 0, len(self.widths) - 1)
+        keep = {s: self.widths_for(s)[step] for s in dict.fromkeys(c.structure for c in cfgs)}
+        return [c for c in cfgs if c.width == keep[c.structure]]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -265,19 +298,27 @@ def named_as(theta) -> str | None:
 
 def score_structure(store: Any, structure: str, *, task: str | None = None,
                     max_width: int | None = None, n_bootstrap: int = 0, min_widths: int = 2,
-                    loss: str = "eval", seed: int = 0) -> tuple[float, tuple[float, float] | None]:
+                    loss: str = "eval", seed: int = 0,
+                    structure_max_width: int | None = None
+                    ) -> tuple[float, tuple[float, float] | None]:
     """(compute multiplier over dense, 95 % interval or None) of ``structure``'s runs in
     ``store`` against the store's ``dense`` runs, with the pipeline's estimator
     (:func:`einsearch.search.analysis.analyze`: seed-averaged frontiers, laws in a common
     window, headline multiplier at the lowest loss both reach; the interval needs >= 3 seeds).
-    Only runs of width <= ``max_width`` count (the pruning steps). NaN when the estimator gives
-    no multiplier (too few points or no common loss range: its notes say why)."""
+    Only dense's runs of width <= ``max_width`` and ``structure``'s of width <=
+    ``structure_max_width`` (default ``max_width``; its compute-matched width with
+    ``match_compute``) count (the pruning steps). NaN when the estimator gives no multiplier
+    (too few points or no common loss range: its notes say why)."""
     from .analysis import analyze, curves_from_store
 
     if structure == DENSE:
         return 1.0, (1.0, 1.0)
+    if structure_max_width is None:
+        structure_max_width = max_width
+    limit = {DENSE: max_width, structure: structure_max_width}
     curves = [c for c in curves_from_store(store, task, loss)
-              if c.structure in (DENSE, structure) and (max_width is None or c.width <= max_width)]
+              if c.structure in limit and (limit[c.structure] is None
+                                           or c.width <= limit[c.structure])]
     if not any(c.structure == structure for c in curves) or not any(
             c.structure == DENSE for c in curves):
         return math.nan, None
@@ -290,13 +331,18 @@ def score_structure(store: Any, structure: str, *, task: str | None = None,
     return float(row.compute_multiplier), (None if ci is None else (float(ci[0]), float(ci[1])))
 
 
-def _params_ratio(store: Any, structure: str, width: int, task: str) -> float:
-    """Parameters of ``structure``'s model over dense's, at ``width`` (second objective)."""
-    def params(name: str) -> float:
-        rows = [r for r in store.runs(task=task, structure=name) if r.width == width and r.params]
+def _params_ratio(store: Any, structure: str, width: int, task: str,
+                  structure_width: int | None = None) -> float:
+    """Parameters of ``structure``'s model at ``structure_width`` (default ``width``) over
+    dense's at ``width`` (second objective)."""
+    def params(name: str, w: int) -> float:
+        rows = [r for r in store.runs(task=task, structure=name) if r.width == w and r.params]
         return float(rows[0].params) if rows else math.nan
 
-    return params(structure) / params(DENSE) if structure != DENSE else 1.0
+    if structure == DENSE:
+        return 1.0
+    return params(structure, width if structure_width is None else structure_width) / params(
+        DENSE, width)
 
 
 # ------------------------------------------------------------------------------------------
@@ -546,11 +592,15 @@ class _Runner:
                 log.error("run %s (%s w=%s) failed:\n%s", res.config.run_id(),
                           res.config.structure, res.config.width, res.payload)
 
-    def score(self, key: str, max_width: int | None, final: bool):
-        n_widths = sum(w <= (max_width or math.inf) for w in self.spec.widths)
-        return score_structure(self.store, key, task=self.spec.task, max_width=max_width,
+    def score(self, key: str, step: int | None, final: bool):
+        """The multiplier of ``key`` on dense's widths up to the ``step``-th (all: None)
+        against its own runs matched to them."""
+        widths = self.spec.widths if step is None else self.spec.widths[:step + 1]
+        mine = self.spec.widths_for(key) if key != DENSE else list(self.spec.widths)
+        return score_structure(self.store, key, task=self.spec.task, max_width=max(widths),
+                               structure_max_width=max(mine[:len(widths)]),
                                n_bootstrap=self.spec.n_bootstrap if final else 0,
-                               min_widths=min(self.spec.min_widths, n_widths),
+                               min_widths=min(self.spec.min_widths, len(widths)),
                                loss=self.spec.loss, seed=self.spec.sampler_seed)
 
     # -- trials -----------------------------------------------------------------------------
@@ -665,16 +715,16 @@ class _Runner:
 
         widths = self.spec.widths
         for i, w in enumerate(widths):
-            self.say(f"trials {[a.trial.number for a in active]}: width {w} "
-                     f"({', '.join(a.key for a in active)})")
-            self.train(self.spec.configs([a.key for a in active], [w]), outcome)
+            self.say(f"trials {[a.trial.number for a in active]}: dense width {w}: "
+                     + ", ".join(f"{a.key} at {self.spec.widths_for(a.key)[i]}" for a in active))
+            self.train(self.spec.configs([a.key for a in active], step=i), outcome)
             if i == len(widths) - 1:
                 break
             if self.multi:
                 continue  # no pruning for multi-objective studies
             still = []
             for a in active:
-                value, _ = self.score(a.key, w, final=False)
+                value, _ = self.score(a.key, i, final=False)
                 if math.isfinite(value):
                     a.trial.report(value, i)
                     if a.trial.should_prune():
@@ -692,7 +742,8 @@ class _Runner:
                 self._tell(a.trial, state=TrialState.PRUNED)
                 continue
             if self.multi:
-                ratio = _params_ratio(self.store, a.key, widths[-1], self.spec.task)
+                ratio = _params_ratio(self.store, a.key, widths[-1], self.spec.task,
+                                      self.spec.widths_for(a.key)[-1])
                 self._tell(a.trial, values=[value, ratio], ci=ci)
             else:
                 a.trial.report(value, len(widths) - 1)
@@ -876,7 +927,10 @@ def _markdown(summary: dict[str, Any], multi: bool) -> str:
         states[r["state"]] = states.get(r["state"], 0) + 1
     spec = summary["spec"]
     lines = [f"# einsearch explore: {summary['study']}", "",
-             f"Task `{spec['task']}`, widths {spec['widths']}, seeds {spec['seeds']}, "
+             f"Task `{spec['task']}`, dense widths {spec['widths']}"
+             + (" (each theta at the widths whose FLOPs/token match them)"
+                if spec.get("match_compute") else " (every theta at the same widths)")
+             + f", seeds {spec['seeds']}, "
              f"lrs {spec['lrs']}, train {spec['train']}; exponents on a 1/{spec['grid']} grid; "
              f"degenerate thetas: {spec['degenerate']}.",
              f"Objective: {summary['objective']} ({', '.join(summary['directions'])}), scored "

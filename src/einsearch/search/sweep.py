@@ -94,6 +94,10 @@ class SweepSpec:
     widths of its own gets, for each dense width, the width whose training FLOPs per token is
     closest in log to dense's (candidates up to ``max_width_factor`` x the largest dense width;
     :mod:`einsearch.search.runplan`), so every structure covers dense's compute window.
+    With one width list, ``match_compute`` and ``include_dense=False`` (dense not among the
+    structures, e.g. ``einsearch explore``'s per-trial sweeps, whose dense runs are trained
+    once elsewhere), the list is still dense's widths: every structure is matched against
+    dense's FLOPs per token at them (:meth:`matched_widths`), though dense is not trained here.
     ``train.base_width`` (muP's reference width) defaults to dense's smallest width: the
     learning rate is tuned on, and transferred from, the smallest dense model.
     """
@@ -208,32 +212,54 @@ class SweepSpec:
         if isinstance(self.widths, list):
             if not self.match_compute or structure == self.reference_structure():
                 return list(self.widths)
-            dense = list(self.widths)
-        else:
-            if structure in self.widths:
-                return list(self.widths[structure])
-            dense = list(self.widths[self.reference_structure()])  # checked in _parse_widths
+        elif structure in self.widths:
+            return list(self.widths[structure])
+        return sorted(set(self.matched_widths(structure)))
+
+    def dense_widths(self) -> list[int]:
+        """Dense's widths, the ones compute matching aims at: the reference structure's, or
+        the one width list when dense is not among the structures."""
+        if isinstance(self.widths, list):
+            return list(self.widths)
         ref = self.reference_structure()
-        if ref is None:
-            raise ValueError("widths: match_compute needs dense among the structures")
+        if ref is None or ref not in self.widths:
+            raise ValueError(f"widths: no widths are given for dense (structures "
+                             f"{self.structures}, widths {self.widths})")
+        return list(self.widths[ref])
+
+    def matched_widths(self, structure: str) -> list[int]:
+        """One width per dense width (in :meth:`dense_widths`' order): the candidate width of
+        ``structure`` whose training FLOPs per token is closest in log to dense's at that width
+        (:func:`einsearch.search.runplan.match_width`; candidates up to ``max_width_factor`` x
+        dense's largest width). Two dense widths may give the same width. Dense's own are its
+        widths. Needs ``match_compute``."""
+        if not self.match_compute:
+            raise ValueError("matched_widths needs match_compute: true")
+        if structure not in self.structures:
+            raise ValueError(f"structure {structure!r} is not in this sweep: {self.structures}")
+        dense = self.dense_widths()
+        ref = self.reference_structure()
+        if structure == ref:
+            return dense
         from .runplan import flops_per_token, match_width, width_candidates
 
         candidates = width_candidates(int(max(dense) * self.max_width_factor))
         if not candidates:
             return dense
-        out = {match_width(flops_per_token(self.task, ref, w, self.train),
-                           lambda c: flops_per_token(self.task, structure, c, self.train),
-                           candidates) for w in dense}
-        return sorted(out)
+        ref_name = ref if ref is not None else "dense"
+        return [match_width(flops_per_token(self.task, ref_name, w, self.train),
+                            lambda c: flops_per_token(self.task, structure, c, self.train),
+                            candidates) for w in dense]
 
     def base_width(self) -> int:
         """muP's reference width: ``train.base_width`` if set, else dense's smallest width
-        (the smallest overall width when there is no dense)."""
+        (also with ``match_compute`` when dense is not trained in this sweep; the smallest
+        overall width when there is no dense and no matching)."""
         if "base_width" in self.train:
             return self.train["base_width"]
         ref = self.reference_structure()
-        if ref is not None:
-            return min(self.widths_for(ref))
+        if ref is not None or (self.match_compute and isinstance(self.widths, list)):
+            return min(self.dense_widths())
         return min(min(self.widths_for(s)) for s in self.structures)
 
     def check_buildable(self) -> None:
