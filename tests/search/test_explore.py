@@ -241,3 +241,97 @@ def test_tiny_preset_real_training(tmp_path):
         assert {r.status for r in st.runs()} <= {"finished", "diverged"}
         assert len(st.runs(structure="dense")) == 2
     assert math.isfinite(rows[0]["value"] or 1.0)
+
+
+# ------------------------------------------------------------------------------------------
+# compute-matched widths
+
+
+THETA = "(0.5|0.25|0.25|0.25|0.5|0.25|0)"
+
+
+@pytest.mark.parametrize("structure", ["monarch", "low_rank", "btt", THETA])
+def test_trial_widths_are_the_sweeps_compute_matching(structure):
+    """A trial's theta trains, per dense width, at the width the sweep's match_compute picks
+    for it against the same dense widths; every run shares dense's muP base and run ids."""
+    from einsearch import resolve_structure
+    from einsearch.search.explore import ExploreSpec
+    from einsearch.search.sweep import SweepSpec
+
+    key = str(resolve_structure(structure).canonical())
+    train = {"steps": 40, "warmup_steps": 0, "log_every": 1, "eval_batches": 1}
+    spec = ExploreSpec(widths=[32, 16, 48], seeds=[0, 1], lrs=[0.01], train=train)
+    sweep = SweepSpec(structures=["dense", key], widths=[16, 32, 48], seeds=[0, 1], lrs=[0.01],
+                      train=train, match_compute=True)
+    assert spec.widths == [16, 32, 48]
+    assert spec.widths_for(key) == sweep.matched_widths(key)
+    assert sorted(set(spec.widths_for(key))) == sweep.widths_for(key)
+    assert max(spec.widths_for(key)) > 48  # a structured layer is cheaper per width
+    # the same runs, ids included, as the sweep that trains dense and the theta together
+    ids = {c.run_id() for c in spec.configs(["dense"]) + spec.configs([key])}
+    assert ids == {c.run_id() for c in sweep.configs()}
+    assert {c.base_width for c in spec.configs([key])} == {16}
+    # the pruning steps go in dense's width order: step i = the theta at its i-th width
+    for i, w in enumerate(spec.widths_for(key)):
+        assert {c.width for c in spec.configs([key], step=i)} == {w}
+    assert {c.width for c in spec.configs(["dense"], step=1)} == {32}
+    # without matching, the theta trains at dense's widths
+    off = ExploreSpec(widths=[16, 32, 48], seeds=[0], lrs=[0.01], train=train,
+                      match_compute=False)
+    assert off.widths_for(key) == [16, 32, 48]
+    assert {c.base_width for c in off.configs([key], step=2)} == {16}
+
+
+def test_sweep_without_dense_matches_against_dense_widths():
+    from einsearch.search.sweep import SweepSpec
+
+    alone = SweepSpec(structures=["monarch"], widths=[16, 32], match_compute=True,
+                      include_dense=False)
+    with_dense = SweepSpec(structures=["dense", "monarch"], widths=[16, 32], match_compute=True)
+    assert alone.structures == ["monarch"]
+    assert alone.widths_for("monarch") == with_dense.widths_for("monarch") != [16, 32]
+    assert alone.base_width() == with_dense.base_width() == 16
+
+
+TRAINED: list = []
+
+
+def recording_train(config, progress=None):
+    TRAINED.append(config)
+    return theta_train(config, progress)
+
+
+def test_dense_reference_runs_are_shared_across_trials(tmp_path, spec_file):
+    spec_file.write_text(spec_file.read_text()
+                         + "references: [monarch, btt, low_rank, tensor_train]\n")
+    spec, _ = load_explore_spec(spec_file)
+    out = tmp_path / "out"
+    TRAINED.clear()
+    explore(spec_file, out, trials=3, train_fn=recording_train, show_progress=False)
+    ids = [c.run_id() for c in TRAINED]
+    assert len(ids) == len(set(ids))  # nothing trained twice
+    dense = [c for c in TRAINED if c.structure == "dense"]
+    assert sorted(c.width for c in dense) == [16, 32]  # once per study, not per trial
+    assert {c.run_id() for c in dense} == {c.run_id() for c in spec.configs(["dense"])}
+    assert {c.base_width for c in TRAINED} == {16}
+    rows = _json(out)["trials"]
+    assert len(rows) == 3 and all(r["state"] in ("COMPLETE", "PRUNED") for r in rows)
+    for r in rows:  # each theta at its compute-matched widths, not dense's
+        mine = sorted(c.width for c in TRAINED if c.structure == r["canonical_theta"])
+        assert mine and set(mine) <= set(spec.widths_for(r["canonical_theta"]))
+    assert any(r["value"] is not None for r in rows)
+    TRAINED.clear()
+    explore(spec_file, out, trials=4, train_fn=recording_train, show_progress=False)
+    # the 4th trial (tensor_train) trains its own runs only: dense's come from the store
+    assert TRAINED and {c.structure for c in TRAINED} == {_json(out)["trials"][3]["canonical_theta"]}
+
+
+@pytest.mark.parametrize("value", ["maybe", "1", "null", "[true]"])
+def test_bad_match_compute_fails_before_anything_is_written(tmp_path, spec_file, value):
+    spec_file.write_text(spec_file.read_text() + f"match_compute: {value}\n")
+    with pytest.raises(ValueError, match=r"match_compute must be true or false, got"):
+        load_explore_spec(spec_file)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"match_compute must be true or false"):
+        explore(spec_file, out, trials=2, train_fn=theta_train, show_progress=False)
+    assert not out.exists()
