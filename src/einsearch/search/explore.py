@@ -309,16 +309,21 @@ def score_structure(store: Any, structure: str, *, task: str | None = None,
     ``structure_max_width`` (default ``max_width``; its compute-matched width with
     ``match_compute``) count (the pruning steps). NaN when the estimator gives no multiplier
     (too few points or no common loss range: its notes say why)."""
-    from .analysis import analyze, curves_from_store
+    from .analysis import Curve, analyze, curves_from_store
 
     if structure == DENSE:
         return 1.0, (1.0, 1.0)
     if structure_max_width is None:
         structure_max_width = max_width
     limit = {DENSE: max_width, structure: structure_max_width}
-    curves = [c for c in curves_from_store(store, task, loss)
-              if c.structure in limit and (limit[c.structure] is None
-                                           or c.width <= limit[c.structure])]
+
+    def kept(c: Curve) -> bool:
+        if c.structure not in limit:
+            return False
+        bound = limit[c.structure]
+        return bound is None or c.width <= bound
+
+    curves = [c for c in curves_from_store(store, task, loss) if kept(c)]
     if not any(c.structure == structure for c in curves) or not any(
             c.structure == DENSE for c in curves):
         return math.nan, None
