@@ -133,3 +133,55 @@ def test_sweep_search_rejects_bad_executor_before_writing(tmp_path):
     with pytest.raises(ValueError, match="cannot reach a Ray cluster"):
         search("tiny", tmp_path / "out", executor="ray", address=f"127.0.0.1:{port}")
     assert not (tmp_path / "out").exists()
+
+
+def pid_then_sleep_train(config, progress=None):
+    """Write this worker's pid to the file named in ``config.data`` ("pid:PATH"), then sleep."""
+    import time
+
+    Path(config.data.split(":", 1)[1] + f".{os.getpid()}").write_text("")
+    time.sleep(120)
+    return fake_train(config, progress)
+
+
+def test_workers_exit_when_the_driver_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    driver = f"""
+import sys
+sys.path.insert(0, {str(TESTS)!r})
+from test_executors import pid_then_sleep_train
+from fake_runs import FakeTrainConfig
+from einsearch.search.executors import LocalExecutor
+configs = [FakeTrainConfig(structure=s, width=16, steps=5, data={f"pid:{tmp_path / 'w'}"!r})
+           for s in ("dense", "btt")]
+with LocalExecutor(2) as ex:
+    list(ex.run(configs, pid_then_sleep_train, None))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", driver])
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob("w.*"))) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        pids = [int(p.suffix[1:]) for p in tmp_path.glob("w.*")]
+        assert len(pids) == 2, "workers did not start"
+    finally:
+        proc.send_signal(signal.SIGKILL)  # the driver dies without shutting its pool down
+        proc.wait(timeout=30)
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    deadline = time.time() + 20
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    leftover = [p for p in pids if alive(p)]
+    for p in leftover:
+        os.kill(p, signal.SIGKILL)
+    assert not leftover, f"workers {leftover} outlived their driver"

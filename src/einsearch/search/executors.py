@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -90,8 +91,25 @@ def _set_threads(threads: int) -> None:
             pass
 
 
-def _init_worker(threads: int = 1) -> None:
+def _init_worker(threads: int = 1, parent_pid: int | None = None) -> None:
     _set_threads(threads)
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
+
+
+def _exit_with_parent(parent_pid: int, period_s: float = 1.0) -> None:
+    """Stop this worker once the driver is gone (killed or crashed).
+
+    A process pool's workers outlive a driver that dies without shutting the pool down (SIGTERM,
+    SIGKILL) and would keep training runs nobody records. A daemon thread polls the parent pid
+    and ends the process when the worker has been re-parented.
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(period_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="einsearch-parent-watch", daemon=True).start()
 
 
 def _run_one(config: Any, train_fn: Callable | None,
@@ -217,7 +235,7 @@ class LocalExecutor(Executor):
         def new_pool() -> cf.ProcessPoolExecutor:
             return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
                                           initializer=_init_worker,
-                                          initargs=(self.threads_per_run,))
+                                          initargs=(self.threads_per_run, os.getpid()))
 
         pool = new_pool()
         in_flight: dict[cf.Future, tuple[Any, float]] = {}
