@@ -897,20 +897,26 @@ def _plot_taxonomy(rows: list[dict], multi: bool, path: Path) -> None:
 
     pts = [(r["omega"], r["psi"], r["nu"], v, r) for r in rows
            if (v := _objective_value(r, multi)) is not None and r.get("omega") is not None]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    from matplotlib.colors import TwoSlopeNorm
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), layout="constrained")
     pairs = (("omega", "psi", 0, 1), ("omega", "nu", 0, 2), ("psi", "nu", 1, 2))
+    vals = [math.log2(p[3]) for p in pts]
+    # diverging around m = 1 (log2 m = 0): blue cheaper than dense, red dearer
+    span = max([abs(v) for v in vals] + [0.1])
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-span, vmax=span)
     sc = None
     for ax, (xl, yl, i, j) in zip(axes, pairs):
         if pts:
-            vals = [math.log2(p[3]) for p in pts]
-            sc = ax.scatter([p[i] for p in pts], [p[j] for p in pts], c=vals, cmap="viridis",
-                            s=[40 if p[4]["named"] else 18 for p in pts],
-                            marker="o", edgecolors=["k" if p[4]["named"] else "none"
-                                                    for p in pts])
+            sc = ax.scatter([p[i] for p in pts], [p[j] for p in pts], c=vals, cmap="coolwarm_r", norm=norm,
+                            s=[90 if p[4]["named"] else 45 for p in pts], marker="o", alpha=0.9,
+                            edgecolors=["k" if p[4]["named"] else "none" for p in pts], linewidths=1.2)
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
+        ax.margins(0.12)
+        ax.grid(alpha=0.3)
     if sc is not None:
-        fig.colorbar(sc, ax=axes, label="log2 compute multiplier (ringed: named)")
+        fig.colorbar(sc, ax=axes, label="log2 compute multiplier over dense\n(ringed: named structures)", shrink=0.9)
     fig.suptitle("explore: taxonomy of the scored thetas")
     fig.savefig(path.with_name(f".{path.name}.tmp.png"), dpi=110)
     os.replace(path.with_name(f".{path.name}.tmp.png"), path)
