@@ -51,3 +51,18 @@ def float64():
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def fake_config(monkeypatch):
+    """Sweeps build the fake trainer's config (tests/search/fake_runs.py) instead of TrainConfig.
+
+    Here rather than in tests/search/conftest.py: a second module named ``conftest`` would
+    shadow this one for the tests that ``from conftest import NAMED_STRUCTURES``.
+    """
+    from fake_runs import FakeTrainConfig  # tests/search is on sys.path in the modules that use this
+
+    import einsearch.search.sweep as sweep_mod
+
+    monkeypatch.setattr(sweep_mod, "_train_config_cls", lambda: FakeTrainConfig)
+    return FakeTrainConfig
