@@ -11,10 +11,11 @@ at 1024 tokens).
 Modes (``EINSEARCH_PLANNER``, read once, when the first plan is made; or ``configure``):
 
 * ``estimate``: no timing; the layout search's pick (an estimated copy cost, see layout.py).
-* ``measure`` (default): time the candidates; one warm-up each, then at most ``reps`` timed
-  rounds within ``budget_s`` seconds per plan, only for candidates whose warm-up took at most
-  3x the best one's (at least one timed round always runs, so the bound is
-  ``max(budget_s, one pass of every candidate + two of the contenders)``).
+* ``measure`` (default): time the candidates; one warm-up and one probe each (the probe, free
+  of one-time first-touch costs, decides who races), then at most ``reps`` timed rounds within
+  ``budget_s`` seconds per plan, only for candidates whose probe took at most 3x the best
+  one's (at least one timed round always runs, so the bound is
+  ``max(budget_s, two passes of every candidate + one of the contenders)``).
 * ``patient``: as ``measure``, plus ``torch.compile`` variants where a C++ compiler works
   (compiling costs tens of seconds per plan; meant for ``einsearch tune``).
 
@@ -224,13 +225,22 @@ class Planner:
             except Exception as exc:  # a candidate that cannot run here is dropped, not fatal
                 failed[c.name] = repr(exc)[:200]
                 log.warning("einsearch planner: candidate %s failed on %s (%r); skipped", c.name, entry, exc)
-        # timed rounds only for contenders: a candidate whose warm-up (first-touch included)
-        # took over 3x the best one's is out of the race; its warm-up time is what is reported
-        best_warm = min(warm.values(), default=0.0)
-        live = [c for c in cands if c.name in warm and warm[c.name] <= 3 * best_warm]
+        # A probe pass after the warm-up decides who races: the warm-up pays one-time costs
+        # (first-touch page faults, the buffer pool filling up) that differ between candidates
+        # and would knock out the fastest one. A candidate whose probe took over 3x the best
+        # one's is out of the race; its probe time is what is reported. The probe is the first
+        # timed sample of every candidate.
+        probe: dict[str, float] = {}
         for c in cands:
             if c.name in warm:
-                times[c.name] = [] if c in live else [warm[c.name]]
+                t0 = time.perf_counter()
+                step(c)
+                probe[c.name] = time.perf_counter() - t0
+                self.timed_runs += 1
+        best_probe = min(probe.values(), default=0.0)
+        live = [c for c in cands if c.name in probe and probe[c.name] <= 3 * best_probe]
+        for name, t_probe in probe.items():
+            times[name] = [t_probe]
         rounds = 0
         budget = self.config.budget_s
         while live and rounds < self.config.reps:
