@@ -1,12 +1,22 @@
-"""Small file and time helpers shared by the pipeline (store, sweep, report, explore)."""
+"""Small file, time and number helpers shared by the pipeline (store, sweep, analysis, report, explore)."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
-__all__ = ["utc_now_iso", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["utc_now_iso", "atomic_write_bytes", "atomic_write_text", "finite_or_none"]
+
+
+def finite_or_none(x: Any) -> float | None:
+    """``float(x)``, or None for None, NaN and infinities (what JSON and the store can hold)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def utc_now_iso() -> str:

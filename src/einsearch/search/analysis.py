@@ -86,6 +86,7 @@ from typing import Any
 
 import numpy as np
 
+from ._io import finite_or_none
 from .scaling import PowerLaw, pareto_frontier
 
 __all__ = [
@@ -513,22 +514,22 @@ class StructureAnalysis:
         n = len(inside) if inside is not None else 0
         m_range = None
         if self.band is not None and np.isfinite(self.band.multiplier).any():
-            m_range = [_num(np.nanmin(self.band.multiplier)), _num(np.nanmax(self.band.multiplier))]
+            m_range = [finite_or_none(np.nanmin(self.band.multiplier)), finite_or_none(np.nanmax(self.band.multiplier))]
         return {
             "window": _pair_list(self.window),
             "loss_range": _pair_list(self.loss_range),
             "frontier_points": n,
             "frontier_points_per_width": per_width,
             "frontier_points_first_half": n_first,
-            "frontier_fraction_first_half": _num(n_first / n) if n else None,
-            "r2": _num(self.law.r2) if self.law else None,
-            "dense_r2": _num(self.dense_law.r2) if self.dense_law else None,
+            "frontier_fraction_first_half": finite_or_none(n_first / n) if n else None,
+            "r2": finite_or_none(self.law.r2) if self.law else None,
+            "dense_r2": finite_or_none(self.dense_law.r2) if self.dense_law else None,
             "law": _law_dict(self.law),
             "dense_law": _law_dict(self.dense_law),
             "exponent_delta_ci": _pair_list(self.exponent_delta_ci),
             "multiplier_range": m_range,
             "lr_by_width": {str(w): lr for w, lr in sorted(self.lr_by_width.items())},
-            "lr_scores": {str(w): {str(lr): _num(v) for lr, v in sc.items()}
+            "lr_scores": {str(w): {str(lr): finite_or_none(v) for lr, v in sc.items()}
                           for w, sc in sorted(self.lr_scores.items()) if len(sc) > 1},
             "seeds_per_width": {str(w): n for w, n in sorted(self.seeds_per_width.items())},
             "bootstrap": ({"replicates": self.bootstrap_replicates, "failed": self.bootstrap_failed}
@@ -540,13 +541,13 @@ class StructureAnalysis:
     def to_summary(self) -> dict[str, Any]:
         """The summary.json fields of this structure (docs/design.md section 6)."""
         out = {
-            "compute_multiplier": _num(self.compute_multiplier),
+            "compute_multiplier": finite_or_none(self.compute_multiplier),
             "compute_multiplier_ci": _pair_list(self.compute_multiplier_ci),
-            "reference_loss": _num(self.reference_loss),
-            "multiplier_by_loss": [{"loss": _num(x.loss), "multiplier": _num(x.multiplier),
+            "reference_loss": finite_or_none(self.reference_loss),
+            "multiplier_by_loss": [{"loss": finite_or_none(x.loss), "multiplier": finite_or_none(x.multiplier),
                                     "ci": _pair_list(x.ci)} for x in self.multiplier_by_loss],
-            "exponent": _num(self.exponent),
-            "exponent_delta": _num(self.exponent_delta),
+            "exponent": finite_or_none(self.exponent),
+            "exponent_delta": finite_or_none(self.exponent_delta),
             "varies": self.varies,
             "diagnostics": self.diagnostics(),
         }
@@ -577,19 +578,12 @@ class AnalysisResult:
         return out
 
 
-def _num(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def _pair_list(p: tuple[float, float] | None) -> list[float | None] | None:
-    return None if p is None else [_num(p[0]), _num(p[1])]
+    return None if p is None else [finite_or_none(p[0]), finite_or_none(p[1])]
 
 
 def _law_dict(law: PowerLaw | None) -> dict[str, float | None] | None:
-    return None if law is None else {"a": _num(law.a), "b": _num(law.b), "E": _num(law.E)}
+    return None if law is None else {"a": finite_or_none(law.a), "b": finite_or_none(law.b), "E": finite_or_none(law.E)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -707,7 +701,8 @@ def analyze(curves: Sequence[Curve], *, dense: str = "dense",
             bound = E_MAX_FRACTION * min(float(f.loss.min()) for f in usable)
             pinned = e_hat >= E_PINNED_FRACTION * bound
             adopt_shared = (aic_e < aic_0 - AIC_MARGIN) and not pinned
-            settings.update(aic_power=_num(aic_0), aic_offset=_num(aic_e), E_fitted=_num(e_hat),
+            settings.update(aic_power=finite_or_none(aic_0), aic_offset=finite_or_none(aic_e),
+                            E_fitted=finite_or_none(e_hat),
                             law="offset (shared E)" if adopt_shared else "power",
                             E=e_hat if adopt_shared else 0.0)
             if adopt_shared:

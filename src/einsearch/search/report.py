@@ -39,7 +39,7 @@ import numpy as np
 
 from einsearch._checks import check_positive_float
 
-from ._io import atomic_write_bytes, utc_now_iso
+from ._io import atomic_write_bytes, finite_or_none, utc_now_iso
 from .analysis import (
     DEFAULT_TRANSIENT_FRACTION,
     MIN_SEEDS_FOR_INTERVAL,
@@ -288,20 +288,12 @@ def _empty_summary() -> dict[str, Any]:
 # summary.json
 
 
-def _num(x: Any) -> float | None:
-    """JSON-safe number: NaN/inf -> None."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def _summary(rep: _Report) -> dict[str, Any]:
     rows = []
     for i in rep.infos:
         row: dict[str, Any] = {
-            "name": i.name, "theta": i.theta, "omega": _num(i.omega), "psi": _num(i.psi),
-            "nu": _num(i.nu), "is_dense": i.is_dense, "is_moe": i.is_moe,
+            "name": i.name, "theta": i.theta, "omega": finite_or_none(i.omega), "psi": finite_or_none(i.psi),
+            "nu": finite_or_none(i.nu), "is_dense": i.is_dense, "is_moe": i.is_moe,
             "widths": i.widths, "params": i.params, "seeds": i.seeds, "runs": i.runs,
             "diverged_runs": i.diverged_runs, "failed_runs": i.failed_runs,
         }

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._io import utc_now_iso
+from ._io import finite_or_none, utc_now_iso
 
 __all__ = ["ResultStore", "RunRow", "PointRow", "StoreError", "SCHEMA_VERSION", "FINAL_STATUSES"]
 
@@ -120,13 +119,6 @@ class PointRow:
 
 _RUN_COLUMNS = [f.name for f in dataclasses.fields(RunRow) if f.name != "config"]
 _RUN_COLUMNS.insert(_RUN_COLUMNS.index("finished_at"), "config_json")
-
-
-def _finite_or_none(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
@@ -258,7 +250,7 @@ class ResultStore:
             raise ValueError(f"unknown run status {status!r}; expected one of {STATUSES}")
         points = [
             (int(p.step), int(p.tokens), float(p.compute),
-             _finite_or_none(p.train_loss), _finite_or_none(p.eval_loss))
+             finite_or_none(p.train_loss), finite_or_none(p.eval_loss))
             for p in result.points
         ]
         self._write(config, meta, status=status, params=result.params,
@@ -290,17 +282,17 @@ class ResultStore:
             "task": cfg.get("task"),
             "structure": cfg.get("structure"),
             "theta": meta.get("theta"),
-            "omega": _finite_or_none(meta.get("omega")),
-            "psi": _finite_or_none(meta.get("psi")),
-            "nu": _finite_or_none(meta.get("nu")),
+            "omega": finite_or_none(meta.get("omega")),
+            "psi": finite_or_none(meta.get("psi")),
+            "nu": finite_or_none(meta.get("nu")),
             "width": cfg.get("width"),
             "seed": cfg.get("seed"),
             "lr": cfg.get("lr"),
             "params": None if params is None else int(params),
-            "flops_per_token": _finite_or_none(flops_per_token),
+            "flops_per_token": finite_or_none(flops_per_token),
             "status": status,
-            "wall_time_s": _finite_or_none(wall_time_s),
-            "final_eval_loss": _finite_or_none(final_eval_loss),
+            "wall_time_s": finite_or_none(wall_time_s),
+            "final_eval_loss": finite_or_none(final_eval_loss),
             "config_json": json.dumps(cfg, sort_keys=True, default=str),
             "finished_at": utc_now_iso(),
             "error": error,
