@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ._checks import check_non_negative_int, check_positive_float
 from .layers import EinsumLinear
-from .projection import ProjectionResult, project_cores
+from .projection import ProjectionResult
 from .theta import Theta
 
 __all__ = ["fit_to_dense", "from_linear", "project", "project_into", "FIT_METHODS"]
@@ -63,10 +63,10 @@ def fit_to_dense(layer: EinsumLinear, weight: Tensor, bias: Tensor | None = None
         got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(f"weight must be a tensor of shape (d_out, d_in) = ({layer.d_out}, {layer.d_in}), "
                          f"got {got}")
-    _check_bias(layer, bias)
+    layer.check_bias(bias)
     check_non_negative_int(steps, "steps")
     check_positive_float(lr, "lr")
-    if bias is not None and layer.bias is not None:  # _check_bias raised if the layer has no bias
+    if bias is not None and layer.bias is not None:  # check_bias raised if the layer has no bias
         with torch.no_grad():
             layer.bias.copy_(bias)
     target = weight.detach().to(device=layer.core_a.device, dtype=layer.core_a.dtype)
@@ -120,23 +120,7 @@ def project_into(layer: EinsumLinear, weight: Tensor, bias: Tensor | None = None
     """
     if not isinstance(layer, EinsumLinear):
         raise TypeError(f"layer must be an EinsumLinear, got {type(layer).__name__}")
-    _check_bias(layer, bias)
-    result = project_cores(weight, layer.plan, calibration=calibration, **project_kwargs)
-    layer.load_cores(result.core_a.to(layer.core_a), result.core_b.to(layer.core_b))
-    if bias is not None and layer.bias is not None:  # _check_bias raised if the layer has no bias
-        layer.bias.copy_(bias)
-    return result
-
-
-def _check_bias(layer: EinsumLinear, bias: Tensor | None) -> None:
-    """A bias for ``layer``: None, or a (d_out,) tensor when the layer has a bias."""
-    if bias is None:
-        return
-    if layer.bias is None:
-        raise ValueError("bias given but the layer was built with bias=False")
-    if not isinstance(bias, Tensor) or tuple(bias.shape) != (layer.d_out,):
-        got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
-        raise ValueError(f"bias must be a tensor of shape (d_out,) = ({layer.d_out},), got {got}")
+    return layer.load_projection(weight, bias, calibration=calibration, **project_kwargs)
 
 
 def _relative_error(layer: EinsumLinear, target: Tensor, scale: Tensor) -> float:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from . import functional
 from .base import CORE_NAMES, GAIN_NAMES, LayerCost, StructuredLinear, plan_core
 from .plan import EinsumPlan, make_plan
-from .projection import project_cores
+from .projection import ProjectionResult, project_cores
 from .theta import Theta, resolve_structure
 
 __all__ = ["EinsumLinear", "EinsumLinearConfig", "LayerCost"]
@@ -137,14 +137,41 @@ class EinsumLinear(StructuredLinear):
         w = linear.weight
         layer = cls(linear.in_features, linear.out_features, theta, bias=linear.bias is not None,
                     device=w.device, dtype=w.dtype, **layer_kwargs)
-        result = project_cores(w.detach(), layer.plan, calibration=calibration)
-        layer.load_cores(result.core_a, result.core_b)
-        if linear.bias is not None and layer.bias is not None:  # built with bias= linear's, so both or neither
-            with torch.no_grad():
-                layer.bias.copy_(linear.bias)
+        result = layer.load_projection(w.detach(), None if linear.bias is None else linear.bias.detach(),
+                                       calibration=calibration)
         log.info("from_linear %s: %dx%d weight, relative error %.4g (%s)", layer.theta, layer.d_out,
                  layer.d_in, result.relative_error, result.method)
         return layer
+
+    @torch.no_grad()
+    def load_projection(self, weight: Tensor, bias: Tensor | None = None, *, calibration: Tensor | None = None,
+                        **project_kwargs: Any) -> ProjectionResult:
+        """Set the cores to the projection of ``weight`` (``einsearch.projection.project_cores``).
+
+        Args:
+            weight: (d_out, d_in) target; bias: (d_out,) copied into ``self.bias`` if given.
+            calibration: optional (n, d_in) inputs for the data-aware projection.
+            project_kwargs: ``als_sweeps``, ``als_restarts``.
+        Returns:
+            The ``ProjectionResult``; afterwards ``to_dense()`` is its matrix (with ``einsum_norm``
+            the gains are set so the norm cancels, see ``load_cores``).
+        """
+        self.check_bias(bias)
+        result = project_cores(weight, self.plan, calibration=calibration, **project_kwargs)
+        self.load_cores(result.core_a.to(self.core_a), result.core_b.to(self.core_b))
+        if bias is not None and self.bias is not None:  # check_bias raised if the layer has no bias
+            self.bias.copy_(bias)
+        return result
+
+    def check_bias(self, bias: Tensor | None) -> None:
+        """Raise ValueError unless ``bias`` is None or a (d_out,) tensor for a layer with a bias."""
+        if bias is None:
+            return
+        if self.bias is None:
+            raise ValueError("bias given but the layer was built with bias=False")
+        if not isinstance(bias, Tensor) or tuple(bias.shape) != (self.d_out,):
+            got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
+            raise ValueError(f"bias must be a tensor of shape (d_out,) = ({self.d_out},), got {got}")
 
     @torch.no_grad()
     def load_cores(self, core_a: Tensor, core_b: Tensor) -> None:
