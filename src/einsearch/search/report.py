@@ -12,7 +12,7 @@ section 6) and writes:
   ``diagnostics``; ``head_to_head`` for structures with a ``baseline`` (BTT-MoE vs FFN-MoE)
 * ``loss_vs_compute.png``    seed-averaged curves (faint), frontier points, fitted laws inside
   their window (solid), the window (shaded), dense's law in the same window (dashed)
-* ``multiplier_vs_loss.png`` m(L) per structure with its bootstrap band
+* ``multiplier_vs_loss.png`` m(L) per structure with its 95% band (seed bootstrap, t quantile)
 * ``multipliers.png``        headline m at the reference loss with its interval, coloured by psi
 * ``taxonomy_{omega,psi,nu}.png``: headline m against each taxonomy value
 * ``report.md``              a reading that claims only what the intervals support, tables,
@@ -315,8 +315,10 @@ def _summary(rep: _Report) -> dict[str, Any]:
             "compute_multiplier": ("m(L) = C_dense(L) / C_S(L) from the two laws fitted in the "
                                    "pair's common compute window, at reference_loss; > 1: S needs "
                                    "less training compute than dense for loss L"),
-            "compute_multiplier_ci": ("percentile interval of a bootstrap that redraws seeds "
-                                      "within each width; null with fewer than "
+            "compute_multiplier_ci": ("m x exp(-/+ t se): se = sd of log m over a bootstrap "
+                                      "that redraws seeds (one draw for every run when all ran "
+                                      "the same seeds), t = Student-t quantile with (seeds - 1) "
+                                      "degrees of freedom; null with fewer than "
                                       f"{MIN_SEEDS_FOR_INTERVAL} seeds at a width"),
             "multiplier_by_loss": "m at the lowest, geometric-middle and highest loss both reach",
             "exponent": "b of L = E + a C^-b on the structure's frontier inside the window",
@@ -561,7 +563,8 @@ def _markdown(rep: _Report, summary: dict[str, Any]) -> str:
               "Faint: seed-averaged runs; dots: frontier points (hollow: outside the window); "
               "solid: the fitted law inside the shaded window; dashed black: dense's law in the "
               "same window.", "", "![loss vs compute](loss_vs_compute.png)", "",
-              "### m(L)", "", "m(L) with its bootstrap band; the marker is the headline at the "
+              "### m(L)", "", "m(L) with its 95% band (seed-bootstrap standard error, Student-t quantile); "
+              "the marker is the headline at the "
               "reference loss. Loss decreases to the right.", "",
               "![multiplier vs loss](multiplier_vs_loss.png)", "",
               "### Headline multipliers", "", "![compute multipliers](multipliers.png)", "",
@@ -854,7 +857,7 @@ def _plot_multiplier_vs_loss(rep: _Report, summ: dict[str, dict[str, Any]]) -> b
         ax.set_ylabel("m(L) = C_dense(L) / C_S(L)", fontsize=9)
     if not many and items:
         flat[0].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    ttl = (f"{rep.task}: compute multiplier over dense vs loss, 95% bootstrap band\n"
+    ttl = (f"{rep.task}: compute multiplier over dense vs loss, 95% band (seed bootstrap, t)\n"
            "(◆: headline at the reference loss; > 1: cheaper than dense)")
     if many:
         fig.suptitle(ttl, fontsize=10)
