@@ -817,7 +817,7 @@ def analyze(curves: Sequence[Curve], *, dense: str = "dense",
         r.band = MultiplierCurve(grid, m_grid, np.full(grid.size, np.nan), np.full(grid.size, np.nan))
         r.varies = bool(np.nanmax(m_grid) / np.nanmin(m_grid) > VARIES_FACTOR)
 
-    # step 8: stratified seed bootstrap
+    # step 8: seed bootstrap for the standard error, Student-t interval
     def enough_seeds(name: str) -> bool:
         g = groups.get(name, {})
         return bool(g) and min(len(x.seeds) for x in g.values()) >= MIN_SEEDS_FOR_INTERVAL
