@@ -177,6 +177,19 @@ def test_interval_covers_when_a_seed_is_lucky_at_every_width():
     assert covered >= 0.85 * n_sim
 
 
+def test_intervals_at_three_losses_cover_a_multiplier_that_varies():
+    law_d = dict(a=A, b=B)
+    law_s = dict(a=A * 2e10 ** (0.2 - B), b=0.2)  # m(L) changes with the loss
+    n_sim = 30
+    covered = np.zeros(3)
+    for k in range(n_sim):
+        curves = simulate({"dense": law_d, "S": law_s}, widths=WIDTHS[:5], n_points=14,
+                          sigma_seed=0.04, seeds=5, rng=np.random.default_rng(9000 + k))
+        for i, x in enumerate(analyze(curves, n_bootstrap=100, seed=k)["S"].multiplier_by_loss):
+            covered[i] += x.ci[0] <= true_m(law_d, law_s, x.loss) <= x.ci[1]
+    assert np.all(covered >= 0.85 * n_sim), covered
+
+
 def test_t_quantile_is_students():
     assert t_quantile(0.95, 2) == pytest.approx(4.3027, abs=1e-4)
     assert t_quantile(0.95, 1000) == pytest.approx(1.9623, abs=1e-3)
