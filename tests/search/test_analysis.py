@@ -342,7 +342,8 @@ def test_diagnostics_count_frontier_points_and_warn_on_one_width():
     per_width = diag["frontier_points_per_width"]
     assert sum(per_width.values()) == diag["frontier_points"] == len(s.frontier.inside(s.window))
     assert per_width["32"] > diag["frontier_points"] / 2
-    assert any(w.startswith("width 32 makes up") for w in s.warnings)
+    assert any(w.startswith("width 32 makes up") and "points of its frontier inside" in w
+               for w in s.warnings)
     assert 0 <= diag["frontier_points_first_half"] <= diag["frontier_points"]
     assert diag["frontier_fraction_first_half"] == pytest.approx(
         diag["frontier_points_first_half"] / diag["frontier_points"])

@@ -778,14 +778,14 @@ def analyze(curves: Sequence[Curve], *, dense: str = "dense",
         r.window, r.law, r.dense_law = p.window, p.law_s, p.law_d
         r.exponent = p.law_s.b
         r.exponent_delta = 0.0 if r.is_dense else p.law_s.b - p.law_d.b
-        for who, fr in (("frontier", p.front_s), ("dense's frontier", p.front_d)):
-            if r.is_dense and who != "frontier":
+        for who, fr in (("its", p.front_s), ("dense's", p.front_d)):
+            if r.is_dense and who != "its":
                 continue
             ws, counts = np.unique(fr.width, return_counts=True)
             k = int(np.argmax(counts))
             if counts[k] > len(fr) / 2:
                 r.warnings.append(f"width {int(ws[k])} makes up {int(counts[k])} of the {len(fr)} "
-                                  f"points of {'its' if who == 'frontier' else who} frontier "
+                                  f"points of {who} frontier "
                                   f"inside the window")
         l_lo, l_hi = p.loss_range
         if not l_lo < l_hi:
