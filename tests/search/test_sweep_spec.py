@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from einsearch.search.cli import main
-from einsearch.search.runplan import flops_per_token, format_lr_check, lr_check, match_width, width_candidates
+from einsearch.search.runplan import (
+    flops_per_token,
+    format_lr_check,
+    lr_check,
+    match_width,
+    run_table,
+    width_candidates,
+)
 from einsearch.search.sweep import SweepSpec, search
 from einsearch.search.train import TrainConfig, build_model, count_forward_flops, log_spaced_steps
 
@@ -46,6 +53,44 @@ def test_base_width_defaults_to_dense_smallest_width(fake_config):
 def test_several_lrs_each_trained(fake_config):
     spec = SweepSpec(structures=["dense"], widths=[16], lrs=[1e-3, 3e-3, 1e-2], train=dict(FAST))
     assert sorted(c.lr for c in spec.configs()) == [1e-3, 3e-3, 1e-2]
+
+
+def test_learning_rates_per_structure(fake_config):
+    spec = SweepSpec(structures=["dense", "btt", "monarch"], widths=[16], train=dict(FAST),
+                     lrs={"dense": [1e-3], "default": [2e-3, 4e-3]})
+    by = {}
+    for c in spec.configs():
+        by.setdefault(c.structure, []).append(c.lr)
+    assert by == {"dense": [1e-3], "btt": [2e-3, 4e-3], "monarch": [2e-3, 4e-3]}
+    assert spec.lrs_for("btt") == [2e-3, 4e-3]
+    rows = {r["structure"]: r for r in run_table(spec)}
+    assert rows["dense"]["lrs"] == [1e-3] and rows["btt"]["runs"] == 2
+    assert SweepSpec(**spec.to_dict()).lrs == spec.lrs  # round-trips
+
+
+@pytest.mark.parametrize("lrs, match", [
+    ({"dense": [1e-3]}, r"no learning rates for structure\(s\) \['btt'\]"),
+    ({"dense": [1e-3], "monarch": [1e-3], "default": [1e-3]}, r"lrs: 'monarch' is not one of"),
+    ({"dense": [], "default": [1e-3]}, r"lrs.dense must not be empty"),
+    ({"dense": [-1.0], "default": [1e-3]}, r"lrs.dense"),
+    ([], r"lrs must not be empty"),
+])
+def test_bad_per_structure_learning_rates_are_named(lrs, match):
+    with pytest.raises(ValueError, match=match):
+        SweepSpec(structures=["dense", "btt"], widths=[16], lrs=lrs, train=dict(FAST))
+
+
+def test_lr_check_centres_on_each_structures_own_lr(tmp_path, fake_config):
+    spec = SweepSpec(structures=["dense", "btt"], widths=[16, 32, 64],
+                     lrs={"dense": [3e-3], "btt": [9e-3]}, train={**FAST, "steps": 40})
+    result = lr_check(spec, tmp_path, train_fn=_lr_sensitive_train, show_progress=False)
+    rows = {r["name"]: r for r in result["structures"]}
+    assert result["transferred_lr"] is None
+    assert rows["btt"]["transferred_lr"] == 9e-3
+    assert rows["btt"]["lrs"] == pytest.approx([3e-3, 9e-3, 2.7e-2])
+    assert not rows["dense"]["flagged"] and not rows["btt"]["flagged"]  # both at their best
+    text = format_lr_check(result)
+    assert "0 of 2 structures flagged" in text and "x 0.333" in text
 
 
 def _lr_sensitive_train(config, progress=None):

@@ -204,8 +204,8 @@ def run_table(spec: SweepSpec) -> list[dict[str, Any]]:
             f = flops_per_token(spec.task, s, w, spec.train)
             rows.append({"structure": s, "width": w, "flops_per_token": f, "steps": steps,
                          "batch_size": batch, "tokens": tokens, "compute": f * tokens,
-                         "seeds": list(spec.seeds), "lrs": list(spec.lrs),
-                         "runs": len(spec.seeds) * len(spec.lrs)})
+                         "seeds": list(spec.seeds), "lrs": spec.lrs_for(s),
+                         "runs": len(spec.seeds) * len(spec.lrs_for(s))})
     return rows
 
 
@@ -239,16 +239,22 @@ def _middle(widths: list[int]) -> int:
     return sorted(widths)[(len(widths) - 1) // 2]
 
 
+def _transferred(lrs: list[float]) -> float:
+    """The lr a check centres on: the middle of the sweep's (lower middle for an even count)."""
+    return sorted(lrs)[(len(lrs) - 1) // 2]
+
+
 def lr_check_spec(spec: SweepSpec, *, factors: tuple[float, ...] = LR_CHECK_FACTORS,
-                  fraction: float = LR_CHECK_FRACTION) -> tuple[SweepSpec, float, dict[str, int]]:
-    """The check's own spec, the transferred lr and each structure's check width."""
+                  fraction: float = LR_CHECK_FRACTION
+                  ) -> tuple[SweepSpec, dict[str, float], dict[str, int]]:
+    """The check's own spec, each structure's transferred lr and its check width."""
     from .sweep import SweepSpec
     from .train import TrainConfig
 
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    lr = sorted(spec.lrs)[(len(spec.lrs) - 1) // 2]
+    transferred = {s: _transferred(spec.lrs_for(s)) for s in spec.structures}
     widths = {s: _middle(spec.widths_for(s)) for s in spec.structures}
     steps = max(1, round(spec.train.get("steps", defaults["steps"]) * fraction))
     warmup = min(steps - 1, round(spec.train.get("warmup_steps", defaults["warmup_steps"])
@@ -259,27 +265,28 @@ def lr_check_spec(spec: SweepSpec, *, factors: tuple[float, ...] = LR_CHECK_FACT
         train["log_every"] = max(1, min(train.get("log_every", defaults["log_every"]), steps))
     check = SweepSpec(task=spec.task, structures=list(spec.structures),
                       widths={s: [w] for s, w in widths.items()}, seeds=spec.seeds[:1],
-                      lrs=[lr * f for f in factors], train=train, include_dense=False,
+                      lrs={s: [lr * f for f in factors] for s, lr in transferred.items()},
+                      train=train, include_dense=False,
                       description=f"lr check of: {spec.description}".strip())
-    return check, lr, widths
+    return check, transferred, widths
 
 
 def lr_check(spec: SweepSpec, out_dir: str | os.PathLike[str], *, jobs: int = 1,
              show_progress: bool = True, train_fn: Callable | None = None,
              factors: tuple[float, ...] = LR_CHECK_FACTORS,
              fraction: float = LR_CHECK_FRACTION) -> dict[str, Any]:
-    """Train each structure at 3 learning rates (see the module docstring) into
-    ``out_dir/lr_check`` and return (and write to ``lr_check.json`` there) per structure: width,
-    loss per lr, best lr and ``flagged`` (best is not the transferred lr)."""
+    """Train each structure at ``factors`` x its transferred learning rate (see the module
+    docstring) into ``out_dir/lr_check`` and return (and write to ``lr_check.json`` there) per
+    structure: width, transferred lr, the lrs tried, loss per lr, best lr and ``flagged``
+    (best is not the transferred lr)."""
     from .store import ResultStore
     from .sweep import run_sweep
 
-    check, lr, widths = lr_check_spec(spec, factors=factors, fraction=fraction)
+    check, transferred, widths = lr_check_spec(spec, factors=factors, fraction=fraction)
     check.check_buildable()
     folder = Path(out_dir) / "lr_check"
     outcome = run_sweep(check, folder, jobs=jobs, show_progress=show_progress,
                         train_fn=train_fn, report=False)
-    lrs = list(check.lrs)
     rows: dict[str, dict[int, float]] = {}
     with ResultStore(folder / "results.sqlite") as store:
         wanted = {c.run_id() for c in check.configs()}
@@ -292,19 +299,24 @@ def lr_check(spec: SweepSpec, out_dir: str | os.PathLike[str], *, jobs: int = 1,
                 loss = pts[-1].train_loss if pts else None
             if run.status != "finished" or loss is None or not math.isfinite(loss):
                 loss = math.inf
-            rows.setdefault(run.structure, {})[_lr_key(run.lr, lrs)] = loss
-    result: dict[str, Any] = {"task": check.task, "transferred_lr": lr, "lrs": lrs,
+            rows.setdefault(run.structure, {})[_lr_key(run.lr, check.lrs_for(run.structure))] = loss
+    common = set(transferred.values())
+    result: dict[str, Any] = {"task": check.task,
+                              "transferred_lr": next(iter(common)) if len(common) == 1 else None,
                               "factors": list(factors), "steps": check.train["steps"],
                               "seed": check.seeds[0], "base_width": check.train["base_width"],
                               "failed": outcome.failed, "structures": []}
+    if len(common) == 1:
+        result["lrs"] = check.lrs_for(check.structures[0])
     for s in check.structures:
+        lrs = check.lrs_for(s)
         losses = rows.get(s, {})
         per_lr = [losses.get(i) for i in range(len(lrs))]
         known = [(x, i) for i, x in enumerate(per_lr) if x is not None]
         best = min(known)[1] if known and min(known)[0] < math.inf else None
-        ref = lrs.index(min(lrs, key=lambda x: abs(math.log(x / lr))))
+        ref = lrs.index(min(lrs, key=lambda x: abs(math.log(x / transferred[s]))))
         result["structures"].append({
-            "name": s, "width": widths[s],
+            "name": s, "width": widths[s], "transferred_lr": transferred[s], "lrs": lrs,
             "losses": [None if x is None or not math.isfinite(x) else x for x in per_lr],
             "best_lr": None if best is None else lrs[best],
             "flagged": best is None or best != ref})
@@ -319,19 +331,25 @@ def _lr_key(lr: float | None, lrs: list[float]) -> int:
 
 
 def format_lr_check(result: Mapping[str, Any]) -> str:
-    """The check as a table: final held-out loss per lr, best lr, FLAG where the best is not
-    the transferred one."""
-    lrs = result["lrs"]
-    head = "".join(f"{f'lr {x:.3g}':>13}" for x in lrs)
-    lines = [f"lr check: transferred lr {result['transferred_lr']:g} (base_width "
-             f"{result['base_width']}), x {', '.join(f'{f:.3g}' for f in result['factors'])}, "
-             f"{result['steps']} steps, seed {result['seed']}; final held-out loss "
-             "(* = lowest)",
-             f"{'structure':<34} {'width':>6}{head}  verdict"]
+    """The check as a table: final held-out loss per lr (columns by factor of each
+    structure's transferred lr), best lr, FLAG where the best is not the transferred one."""
+    factors = result["factors"]
+    common = result.get("transferred_lr")
+    if common is not None:
+        head = "".join(f"{f'lr {common * f:.3g}':>13}" for f in factors)
+        about = f"transferred lr {common:g}"
+    else:
+        head = "".join(f"{f'x {f:.3g}':>13}" for f in factors)
+        about = "each structure's transferred lr (column 'lr')"
+    lines = [f"lr check: {about} (base_width {result['base_width']}), x "
+             f"{', '.join(f'{f:.3g}' for f in factors)}, {result['steps']} steps, seed "
+             f"{result['seed']}; final held-out loss (* = lowest)",
+             f"{'structure':<34} {'width':>6}" + (f"{'lr':>9}" if common is None else "")
+             + f"{head}  verdict"]
     flagged = 0
     for row in result["structures"]:
-        cells = ""
-        for x, lr in zip(row["losses"], lrs):
+        cells = "" if common is not None else f"{row['transferred_lr']:>9.3g}"
+        for x, lr in zip(row["losses"], row["lrs"]):
             mark = "*" if row["best_lr"] is not None and lr == row["best_lr"] else " "
             cells += f"{'diverged' if x is None else f'{x:.4g}':>12}{mark}"
         verdict = "ok" if not row["flagged"] else (

@@ -23,7 +23,8 @@ Spec file format (YAML; TOML with the same keys)::
     match_compute: true     # structures without widths of their own get dense's FLOPs/token
     max_width_factor: 8     # ... from widths up to 8 x dense's largest (default 8)
     seeds: [0, 1, 2]
-    lrs: [0.003]            # several: each is trained (the analysis keeps the best)
+    lrs: [0.003]            # several: each is trained (the analysis keeps the best);
+                            # or per structure: {dense: [0.009], default: [0.018]}
     train:            # any other TrainConfig field
       steps: 400
       batch_size: 128
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 _AXES = {"task": "task", "structure": "structures", "width": "widths", "seed": "seeds",
          "lr": "lrs"}
 _EXTRA_KEYS = {"description"}
+#: the key of a per-structure ``lrs`` mapping that covers the structures it does not name
+LRS_DEFAULT_KEY = "default"
 
 
 def _train_config_cls():
@@ -106,7 +109,7 @@ class SweepSpec:
     structures: list[str] = field(default_factory=lambda: ["dense"])
     widths: Any = field(default_factory=lambda: [64])  # list[int] | dict[str, list[int]]
     seeds: list[int] = field(default_factory=lambda: [0])
-    lrs: list[float] = field(default_factory=lambda: [3e-3])
+    lrs: Any = field(default_factory=lambda: [3e-3])  # list[float] | dict[str, list[float]]
     train: dict[str, Any] = field(default_factory=dict)
     include_dense: bool = True
     description: str = ""
@@ -135,10 +138,9 @@ class SweepSpec:
         self.max_width_factor = factor
         self.widths = self._parse_widths(self.widths)
         self.seeds = [_non_negative_int(s, "seeds") for s in _as_list(self.seeds, "seeds")]
-        self.lrs = [_positive_float(x, "lrs") for x in _as_list(self.lrs, "lrs")]
-        for name in ("seeds", "lrs"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} must not be empty")
+        if not self.seeds:
+            raise ValueError("seeds must not be empty")
+        self.lrs = self._parse_lrs(self.lrs)
         if not isinstance(self.train, Mapping):
             raise ValueError(f"train must be a mapping of TrainConfig fields, got {self.train!r}")
         self.train = dict(self.train)
@@ -171,6 +173,37 @@ class SweepSpec:
             raise ValueError(f"widths: match_compute derives {missing}'s widths from dense's, "
                              f"but no widths are given for dense (structures {self.structures})")
         return parsed
+
+    def _parse_lrs(self, lrs: Any) -> list[float] | dict[str, list[float]]:
+        """One list for every structure, or a mapping structure -> list with an optional
+        ``default`` for the structures it does not name (measured per structure, e.g. with
+        ``--lr-check``, where muP's transfer is not exact)."""
+        def one(values: Any, name: str) -> list[float]:
+            out = [_positive_float(x, name) for x in _as_list(values, name)]
+            if not out:
+                raise ValueError(f"{name} must not be empty")
+            return list(dict.fromkeys(out))
+
+        if not isinstance(lrs, Mapping):
+            return one(lrs, "lrs")
+        parsed = {str(k).strip(): one(v, f"lrs.{str(k).strip()}") for k, v in lrs.items()}
+        for key in parsed:
+            if key != LRS_DEFAULT_KEY and key not in self.structures:
+                raise ValueError(f"lrs: {key!r} is not one of the structures {self.structures} "
+                                 f"(or {LRS_DEFAULT_KEY!r} for the others)")
+        missing = [s for s in self.structures if s not in parsed]
+        if missing and LRS_DEFAULT_KEY not in parsed:
+            raise ValueError(f"lrs: no learning rates for structure(s) {missing}; name them or "
+                             f"give a {LRS_DEFAULT_KEY!r} list")
+        return parsed
+
+    def lrs_for(self, structure: str) -> list[float]:
+        """The learning rates ``structure`` is trained at."""
+        if structure not in self.structures:
+            raise ValueError(f"structure {structure!r} is not in this sweep: {self.structures}")
+        if isinstance(self.lrs, list):
+            return list(self.lrs)
+        return list(self.lrs.get(structure, self.lrs.get(LRS_DEFAULT_KEY, [])))
 
     def reference_structure(self) -> str | None:
         """The structure that is dense (the reference of every multiplier), or None."""
@@ -304,7 +337,7 @@ class SweepSpec:
         for s in self.structures:
             for w in self.widths_for(s):
                 for seed in self.seeds:
-                    for lr in self.lrs:
+                    for lr in self.lrs_for(s):
                         cfg = cls(task=self.task, structure=s, width=w, seed=seed, lr=lr,
                                   **train)
                         if cfg.run_id() not in seen:
