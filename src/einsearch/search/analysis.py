@@ -818,9 +818,12 @@ def analyze(curves: Sequence[Curve], *, dense: str = "dense",
         r.varies = bool(np.nanmax(m_grid) / np.nanmin(m_grid) > VARIES_FACTOR)
 
     # step 8: seed bootstrap for the standard error, Student-t interval
-    def enough_seeds(name: str) -> bool:
+    def fewest_seeds(name: str) -> int:
         g = groups.get(name, {})
-        return bool(g) and min(len(x.seeds) for x in g.values()) >= MIN_SEEDS_FOR_INTERVAL
+        return min((len(x.seeds) for x in g.values()), default=0)
+
+    def enough_seeds(name: str) -> bool:
+        return fewest_seeds(name) >= MIN_SEEDS_FOR_INTERVAL
 
     targets = [n for n in names if n != dense and n in evals]
     for n in targets:
@@ -869,9 +872,7 @@ def analyze(curves: Sequence[Curve], *, dense: str = "dense",
             if failed[n]:
                 r.notes.append(f"{failed[n]} of {n_bootstrap} bootstrap replicates could not be "
                                f"fitted inside the window; the interval uses the rest")
-            n_seeds = min(min(len(x.seeds) for x in groups[n].values()),
-                          min(len(x.seeds) for x in groups[dense].values()))
-            t = t_quantile(level, n_seeds - 1)
+            t = t_quantile(level, min(fewest_seeds(n), fewest_seeds(dense)) - 1)
             r.interval_t = t
             ms = np.asarray([s[0] for s in samples[n]])
             lv = np.asarray([s[1] for s in samples[n]])
