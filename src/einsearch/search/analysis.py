@@ -665,12 +665,12 @@ def _t_interval(point: np.ndarray, replicates: np.ndarray, t: float) -> tuple[np
     """Step 8 for multipliers: point (k,) and replicates (r, k) -> (lo, hi), each (k,):
     point x exp(-/+ t x sd(log replicates)); NaN where the point or the spread is undefined."""
     with np.errstate(all="ignore"):
-        logs = np.where(replicates > 0, np.log(np.where(replicates > 0, replicates, 1.0)), np.nan)
+        logs = np.log(np.where(replicates > 0, replicates, np.nan))
         ok = np.sum(np.isfinite(logs), axis=0) >= 2
         se = np.full(point.shape, np.nan)
         if ok.any():
             se[ok] = np.nanstd(logs[:, ok], axis=0, ddof=1)
-        centre = np.where(point > 0, np.log(np.where(point > 0, point, 1.0)), np.nan)
+        centre = np.log(np.where(point > 0, point, np.nan))
         return np.exp(centre - t * se), np.exp(centre + t * se)
 
 
