@@ -78,6 +78,12 @@ class StructureConfig:
         """True for mixtures of experts (they add a router and an auxiliary loss)."""
         return False
 
+    @property
+    def is_dense(self) -> bool:
+        """True for the dense layer, written any way (``"dense"``, its theta or the swapped
+        theta): the reference every compute multiplier is measured against."""
+        return self.theta is not None and not self.is_moe and self.theta.canonical() == Theta.dense().canonical()
+
     def taxonomy(self) -> Taxonomy | None:
         """omega / psi / nu of ``theta`` (None when ``theta`` is None)."""
         theta = self.theta
