@@ -62,7 +62,7 @@ def fake_config(monkeypatch):
     """
     from fake_runs import FakeTrainConfig  # tests/search is on sys.path in the modules that use this
 
-    import einsearch.search.sweep as sweep_mod
+    import einsearch.search.spec as spec_mod
 
-    monkeypatch.setattr(sweep_mod, "_train_config_cls", lambda: FakeTrainConfig)
+    monkeypatch.setattr(spec_mod, "_train_config_cls", lambda: FakeTrainConfig)
     return FakeTrainConfig

@@ -141,6 +141,30 @@ def test_no_import_cycles_in_the_library():
     assert not cycles, f"import cycles (module- or function-level) among library modules: {cycles}"
 
 
+def package_graph() -> dict[str, set[str]]:
+    return {m: imports_of(m) for m in MODULES}
+
+
+def test_no_import_cycles_anywhere_in_the_package():
+    """Library and pipeline (function-level imports included): e.g. the cost model is a leaf
+    that sweep specs and explore use, and runplan's lr check builds on the sweep, not the reverse."""
+    cycles = _cycles(package_graph())
+    assert not cycles, f"import cycles among einsearch modules: {cycles}"
+
+
+def test_the_cost_model_is_a_leaf_of_the_pipeline():
+    users = {"einsearch.search.spec", "einsearch.search.runplan", "einsearch.search.sweep",
+             "einsearch.search.explore", "einsearch.search.driver", "einsearch.search.report"}
+    reached = set()
+    stack = ["einsearch.search.costmodel"]
+    while stack:
+        for t in imports_of(stack.pop()):
+            if t not in reached:
+                reached.add(t)
+                stack.append(t)
+    assert not {m for m in reached if any(m == u or m.startswith(u + ".") for u in users)}
+
+
 def test_library_never_imports_the_pipeline():
     bad = {m: sorted(t for t in imports_of(m) if not _is_library(t))
            for m in MODULES if _is_library(m)}

@@ -34,6 +34,7 @@ class FakeConfig:
 
     # the real config's id scheme, so fake and real runs are keyed alike
     to_dict = TrainConfig.to_dict
+    identity = TrainConfig.identity
     run_id = TrainConfig.run_id
 
 
@@ -54,7 +55,7 @@ FakeTrainConfig = dataclasses.make_dataclass(
     "FakeTrainConfig",
     [(f.name, f.type, dataclasses.field(default=f.default)) for f in dataclasses.fields(TrainConfig)],
     frozen=True,
-    namespace={"to_dict": TrainConfig.to_dict, "run_id": TrainConfig.run_id},
+    namespace={"to_dict": TrainConfig.to_dict, "identity": TrainConfig.identity, "run_id": TrainConfig.run_id},
 )
 FakeTrainConfig.__module__ = __name__  # picklable for the sweep's worker processes
 
@@ -86,7 +87,7 @@ def make_result(structure: str = "dense", width: int = 64, seed: int = 0, steps:
     return FakeResult(cfg, status, params, fpt, points, 0.01, final)
 
 
-def fake_train(config, progress=None):
+def fake_train(config, options=None, progress=None):
     """A stand-in for ``einsearch.search.train.train``; ``config.data`` steers it in tests:
     ``"boom"`` raises, ``"die"`` kills the (worker) process, ``"sleep:S"`` sleeps S seconds,
     ``"diverge"`` returns a diverged run."""

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from einsearch.search import scaling
 from einsearch.search.analysis import Curve, analyze, curves_from_store, select_lrs, t_quantile
 
 A, B = 16.0, 0.15
@@ -229,11 +228,6 @@ def test_transient_is_left_out():
     assert all(log_err(x.multiplier, m) < 0.15 for x in s.multiplier_by_loss)
     kept_all = analyze(curves, transient_fraction=0.0, n_bootstrap=0)["S"]
     assert log_err(kept_all.compute_multiplier, m) > 0.25
-    # the old estimator (pooled min envelope, transient in) is fooled the same way
-    pooled = {n: [(c.compute, c.loss) for c in curves if c.structure == n] for n in ("dense", "S")}
-    d, st = scaling.fit_structure(pooled["dense"]), scaling.fit_structure(pooled["S"])
-    old = scaling.compute_multiplier(d.law, st.frontier.compute, st.frontier.loss)
-    assert log_err(old.mean, m) > 0.2
 
 
 def test_multiplier_is_read_only_inside_both_frontiers():

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from einsearch.search.executors import LocalExecutor, RayExecutor, check_ray_address, get_executor
+from einsearch.search.spec import SweepSpec
 from einsearch.search.store import ResultStore
-from einsearch.search.sweep import SweepSpec, run_sweep
+from einsearch.search.sweep import run_sweep
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
@@ -22,7 +23,7 @@ from fake_runs import FakeTrainConfig, fake_train  # noqa: E402
 FAST = {"steps": 20, "warmup_steps": 0, "log_every": 1}
 
 
-def die_once_train(config, progress=None):
+def die_once_train(config, options=None, progress=None):
     """Kill the worker process on the first attempt at a run (marker file absent), then train.
 
     ``config.data`` is ``"die-once:DIR"``; the marker is DIR/<run_id>.
@@ -33,7 +34,7 @@ def die_once_train(config, progress=None):
         if not marker.exists():
             marker.write_text("died")
             os._exit(7)
-    return fake_train(config, progress)
+    return fake_train(config, options, progress)
 
 
 def _configs(structures=("dense", "btt", "low_rank"), widths=(16, 32), **train):
@@ -135,13 +136,13 @@ def test_sweep_search_rejects_bad_executor_before_writing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def pid_then_sleep_train(config, progress=None):
+def pid_then_sleep_train(config, options=None, progress=None):
     """Write this worker's pid to the file named in ``config.data`` ("pid:PATH"), then sleep."""
     import time
 
     Path(config.data.split(":", 1)[1] + f".{os.getpid()}").write_text("")
     time.sleep(120)
-    return fake_train(config, progress)
+    return fake_train(config, options, progress)
 
 
 def test_workers_exit_when_the_driver_is_killed(tmp_path):

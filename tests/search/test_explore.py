@@ -48,7 +48,7 @@ def fake_multiplier(structure: str) -> float:
     return 2.0 ** (1.5 - 2 * abs(t.gamma - 0.5) - 2 * abs(t.phi - 0.5) - t.rho)
 
 
-def theta_train(config, progress=None):
+def theta_train(config, options=None, progress=None):
     r = make_result(config.structure, config.width, config.seed, steps=min(config.steps, 40),
                     multiplier=fake_multiplier(config.structure), task=config.task, lr=config.lr)
     r.config = config
@@ -256,7 +256,7 @@ def test_trial_widths_are_the_sweeps_compute_matching(structure):
     for it against the same dense widths; every run shares dense's muP base and run ids."""
     from einsearch import resolve_structure
     from einsearch.search.explore import ExploreSpec
-    from einsearch.search.sweep import SweepSpec
+    from einsearch.search.spec import SweepSpec
 
     key = str(resolve_structure(structure).canonical())
     train = {"steps": 40, "warmup_steps": 0, "log_every": 1, "eval_batches": 1}
@@ -283,7 +283,7 @@ def test_trial_widths_are_the_sweeps_compute_matching(structure):
 
 
 def test_sweep_without_dense_matches_against_dense_widths():
-    from einsearch.search.sweep import SweepSpec
+    from einsearch.search.spec import SweepSpec
 
     alone = SweepSpec(structures=["monarch"], widths=[16, 32], match_compute=True,
                       include_dense=False)
@@ -296,7 +296,7 @@ def test_sweep_without_dense_matches_against_dense_widths():
 TRAINED: list = []
 
 
-def recording_train(config, progress=None):
+def recording_train(config, options=None, progress=None):
     TRAINED.append(config)
     return theta_train(config, progress)
 

@@ -16,8 +16,9 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from einsearch.search.executors import LocalExecutor, RayExecutor  # noqa: E402
+from einsearch.search.spec import SweepSpec  # noqa: E402
 from einsearch.search.store import ResultStore  # noqa: E402
-from einsearch.search.sweep import SweepSpec, run_sweep  # noqa: E402
+from einsearch.search.sweep import run_sweep  # noqa: E402
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
@@ -75,7 +76,7 @@ def test_ray_sweep_matches_local(tmp_path, ray_cluster, fake_config):
         out = run_sweep(spec, tmp_path / "ray", show_progress=False, train_fn=fake_train,
                         executor=ex, report=False)
     assert (out.finished, out.failed) == (4, 0)
-    run_sweep(spec, tmp_path / "local", jobs=1, show_progress=False, train_fn=fake_train,
+    run_sweep(spec, tmp_path / "local", show_progress=False, train_fn=fake_train,
               report=False)
     ray_losses = _losses(tmp_path / "ray" / "results.sqlite")
     assert ray_losses and ray_losses == _losses(tmp_path / "local" / "results.sqlite")

@@ -13,6 +13,7 @@ import pytest
 
 from einsearch.search import report as report_mod
 from einsearch.search.report import PLOT_NAMES, write_report
+from einsearch.search.report import plots as plots_mod
 from einsearch.search.store import ResultStore
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -187,7 +188,7 @@ def test_failure_while_plotting_writes_nothing(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("plotting failed")
 
-    monkeypatch.setattr(report_mod, "_plot_multipliers", boom)
+    monkeypatch.setattr(plots_mod, "_plot_multipliers", boom)
     with pytest.raises(RuntimeError, match="plotting failed"):
         write_report(tmp_path, n_bootstrap=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.sqlite"]
@@ -195,7 +196,7 @@ def test_failure_while_plotting_writes_nothing(tmp_path, monkeypatch):
     summary = write_report(tmp_path, n_bootstrap=0)
     before = (tmp_path / "summary.json").read_bytes()
     assert json.loads(before)["structures"][1]["compute_multiplier_ci"] is None
-    monkeypatch.setattr(report_mod, "_plot_taxonomy", boom)
+    monkeypatch.setattr(plots_mod, "_plot_taxonomy", boom)
     with pytest.raises(RuntimeError):
         write_report(tmp_path, n_bootstrap=0, transient=0.5)
     # the previous report is still there, whole

@@ -16,8 +16,10 @@ import pytest
 import yaml
 
 import einsearch.search.sweep as sweep_mod
+from einsearch.search.executors import LocalExecutor
+from einsearch.search.spec import SweepSpec, load_spec, preset_names
 from einsearch.search.store import ResultStore
-from einsearch.search.sweep import SweepSpec, load_spec, preset_names, run_sweep
+from einsearch.search.sweep import run_sweep
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
@@ -148,11 +150,11 @@ def test_sweep_records_reports_and_resumes(tmp_path, fake_config):
 def test_exception_between_runs_then_resume(tmp_path, fake_config):
     calls = []
 
-    def flaky(config, progress=None):
+    def flaky(config, options=None, progress=None):
         if len(calls) == 3:
             raise KeyboardInterrupt  # the user presses Ctrl-C during the 4th run
         calls.append(config.run_id())
-        return fake_train(config, progress)
+        return fake_train(config, options, progress)
 
     spec = spec_of(structures=["dense", "btt", "monarch"])
     with pytest.raises(KeyboardInterrupt):
@@ -199,10 +201,11 @@ def test_no_dense_means_report_error_not_crash(tmp_path, fake_config):
 _KILLED = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
+    import einsearch.search.spec as sp
     import einsearch.search.sweep as sw
     from fake_runs import FakeTrainConfig, fake_train
-    sw._train_config_cls = lambda: FakeTrainConfig
-    spec = sw.SweepSpec(structures=["dense", "btt", "monarch", "kronecker"], widths=[16, 32],
+    sp._train_config_cls = lambda: FakeTrainConfig
+    spec = sp.SweepSpec(structures=["dense", "btt", "monarch", "kronecker"], widths=[16, 32],
                         train={{"steps": 20, "warmup_steps": 0, "log_every": 1,
                                "data": "sleep:0.25"}})
     sw.run_sweep(spec, {out!r}, show_progress=False, train_fn=fake_train, report=False)
@@ -242,7 +245,7 @@ def test_resume_after_sigkill(tmp_path, fake_config):
 def test_parallel_workers_failures_and_dead_worker(tmp_path, fake_config):
     spec = spec_of(structures=["dense", "btt", "low_rank"], widths=[16],
                    train=dict(FAST, data="die"))
-    out = run_sweep(spec, tmp_path, jobs=2, show_progress=False, train_fn=fake_train,
+    out = run_sweep(spec, tmp_path, LocalExecutor(2), show_progress=False, train_fn=fake_train,
                     n_bootstrap=5)
     # btt kills its worker (and the pool with it): the runs in flight are retried one at a
     # time, so only btt is recorded as failed and the innocent runs finish
@@ -256,7 +259,7 @@ def test_parallel_workers_failures_and_dead_worker(tmp_path, fake_config):
 
 def test_parallel_workers_write_through_the_parent(tmp_path, fake_config):
     spec = spec_of(structures=["dense", "btt"], widths=[16, 32, 64])
-    out = run_sweep(spec, tmp_path, jobs=2, show_progress=False, train_fn=fake_train,
+    out = run_sweep(spec, tmp_path, LocalExecutor(2), show_progress=False, train_fn=fake_train,
                     n_bootstrap=5)
     assert (out.finished, out.failed) == (6, 0)
     with ResultStore(tmp_path / "results.sqlite") as st:

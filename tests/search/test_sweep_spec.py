@@ -13,15 +13,10 @@ import pytest
 import torch
 
 from einsearch.search.cli import main
-from einsearch.search.runplan import (
-    flops_per_token,
-    format_lr_check,
-    lr_check,
-    match_width,
-    run_table,
-    width_candidates,
-)
-from einsearch.search.sweep import SweepSpec, search
+from einsearch.search.costmodel import flops_per_token, match_width, width_candidates
+from einsearch.search.runplan import format_lr_check, lr_check, run_table
+from einsearch.search.spec import SweepSpec
+from einsearch.search.sweep import search
 from einsearch.search.train import TrainConfig, build_model, count_forward_flops, log_spaced_steps
 
 TESTS = Path(__file__).parent
@@ -93,7 +88,7 @@ def test_lr_check_centres_on_each_structures_own_lr(tmp_path, fake_config):
     assert "0 of 2 structures flagged" in text and "x 0.333" in text
 
 
-def _lr_sensitive_train(config, progress=None):
+def _lr_sensitive_train(config, options=None, progress=None):
     """Fake trainer whose final held-out loss is lowest at 3e-3 for dense and 9e-3 for btt."""
     result = fake_train(config, progress)
     best = 9e-3 if config.structure == "btt" else 3e-3

@@ -49,7 +49,7 @@ def test_tiny_regression_run_learns_and_logs_monotone_compute(structure, einsum_
     assert r.points[-1].eval_loss < 0.8 * r.points[0].eval_loss
     assert r.points[-1].train_loss < r.points[0].train_loss
     assert r.final_eval_loss == r.points[-1].eval_loss
-    assert calls == list(range(1, 61))
+    assert calls == [25, 50, 60]  # progress at the log points, where the loss is read anyway
     assert r.params == sum(p.numel() for p in build_model(cfg)[1].parameters())
     assert r.wall_time_s > 0
 
@@ -121,10 +121,15 @@ def test_divergence_factor_after_warmup_only():
     assert r.status == "finished"  # never checked: the run ends inside warmup
 
 
+def _curve(result):
+    """A run's points without their elapsed times (wall clock)."""
+    return [(p.step, p.tokens, p.compute, p.train_loss, p.eval_loss) for p in result.points]
+
+
 def test_runs_are_deterministic():
     cfg = TrainConfig(**{**TINY, "structure": "low_rank(0.5)"})
     a, b = train(cfg), train(cfg)
-    assert [dataclasses.astuple(p) for p in a.points] == [dataclasses.astuple(p) for p in b.points]
+    assert _curve(a) == _curve(b)
     c = train(dataclasses.replace(cfg, seed=1))
     assert [p.eval_loss for p in c.points] != [p.eval_loss for p in a.points]
 
@@ -190,4 +195,5 @@ def test_top_k_must_not_exceed_num_experts():
 
 def test_point_fields():
     p = Point(step=1, tokens=2, compute=3.0, train_loss=0.5, eval_loss=None)
-    assert dataclasses.asdict(p) == {"step": 1, "tokens": 2, "compute": 3.0, "train_loss": 0.5, "eval_loss": None}
+    assert dataclasses.asdict(p) == {"step": 1, "tokens": 2, "compute": 3.0, "train_loss": 0.5, "eval_loss": None,
+                                     "elapsed_s": None}

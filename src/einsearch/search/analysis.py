@@ -105,7 +105,7 @@ from .scaling import PowerLaw, pareto_frontier
 
 __all__ = [
     "Curve", "FrontierPoints", "MultiplierCurve", "LossLevel", "StructureAnalysis",
-    "AnalysisResult", "analyze", "curves_from_store", "select_lrs",
+    "AnalysisResult", "analyze", "curves_from_store", "select_lrs", "seed_averaged_curves",
     "t_quantile", "DEFAULT_TRANSIENT_FRACTION", "AIC_MARGIN", "VARIES_FACTOR", "MIN_SEEDS_FOR_INTERVAL",
 ]
 
@@ -298,7 +298,11 @@ class _Group:
 
 
 def _groups(curves: Sequence[Curve], transient_fraction: float,
-            chosen: Mapping[tuple[str, int], Any]) -> tuple[dict[str, dict[int, _Group]], list[str]]:
+            chosen: Mapping[tuple[str, int], Any], *,
+            cut: bool = True) -> tuple[dict[str, dict[int, _Group]], list[str]]:
+    """Step 3: the seed-averaged curve of every (structure, width) at its chosen lr, on the
+    steps every seed logged after the transient (``cut=False``: every step, transient and
+    warmup included)."""
     by_key: dict[tuple[str, int], list[Curve]] = {}
     for c in curves:
         if c.lr == chosen[(c.structure, int(c.width))]:
@@ -309,7 +313,7 @@ def _groups(curves: Sequence[Curve], transient_fraction: float,
         runs = sorted(runs, key=lambda c: c.seed)
         kept = []
         for c in runs:
-            first = max(int(c.warmup_steps), math.ceil(transient_fraction * c.planned_steps))
+            first = max(int(c.warmup_steps), math.ceil(transient_fraction * c.planned_steps)) if cut else 0
             keep = c.step >= first
             kept.append((c, keep))
         common = None
@@ -332,6 +336,18 @@ def _groups(curves: Sequence[Curve], transient_fraction: float,
     return out, notes
 
 
+
+def seed_averaged_curves(curves: Sequence[Curve]) -> dict[str, list[tuple[int, np.ndarray, np.ndarray]]]:
+    """Per structure, one (width, compute, loss) per width: the seed-averaged curve at the
+    chosen lr on every step all seeds logged, transient included (what the report plots);
+    the same lr choice and averaging (geometric mean of the loss) as :func:`analyze`."""
+    if not curves:
+        return {}
+    chosen, _ = select_lrs(curves)
+    groups, _ = _groups(curves, 0.0, chosen, cut=False)
+    return {name: [(w, g.compute, np.exp(g.mean)) for w, g in sorted(by_width.items())]
+            for name, by_width in groups.items()}
+
 # ------------------------------------------------------------------------------------------
 # steps 4-7: frontier, window, law, multiplier
 
@@ -348,9 +364,15 @@ class FrontierPoints:
     def __len__(self) -> int:
         return int(self.compute.size)
 
-    def inside(self, window: tuple[float, float]) -> "FrontierPoints":
+    def in_window(self, window: tuple[float, float] | None) -> np.ndarray:
+        """(n,) bool: which points lie in the compute ``window`` (none when it is None)."""
+        if window is None:
+            return np.zeros(len(self.compute), dtype=bool)
         lo, hi = window
-        k = (self.compute >= lo * (1 - 1e-12)) & (self.compute <= hi * (1 + 1e-12))
+        return (self.compute >= lo * (1 - 1e-12)) & (self.compute <= hi * (1 + 1e-12))
+
+    def inside(self, window: tuple[float, float]) -> "FrontierPoints":
+        k = self.in_window(window)
         return FrontierPoints(self.compute[k], self.loss[k], self.width[k], self.first_half[k])
 
     @property

@@ -6,9 +6,22 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from einsearch import make_plan, resolve_structure, structure_names, taxonomy
 from einsearch._checks import check_int
+
+from .analysis import DEFAULT_TRANSIENT_FRACTION
+from .config import DEFAULT_CHECKPOINT_EVERY_S, RunOptions
+from .device import PRECISIONS
+from .executors import EXECUTORS
+from .explore.spec import OBJECTIVES
+from .report.summary import DEFAULT_BOOTSTRAP, LOSSES
+
+#: where mid-run checkpoints live under a search's output folder
+CHECKPOINT_FOLDER = "checkpoints"
+#: timing seconds per plan of ``einsearch tune`` (more than the planner's first-use budget: tuning ahead can)
+TUNE_BUDGET_S = 5.0
 
 
 def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
@@ -46,6 +59,13 @@ def _fraction(text: str) -> float:
     value = _float(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value:g}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value:g}")
     return value
 
 
@@ -113,36 +133,46 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_options(args: argparse.Namespace, out: str) -> tuple[RunOptions, str]:
+    """(execution options, precision) of ``search`` / ``explore``, checked before anything is
+    written: ``--device cuda`` without CUDA, or a precision the device cannot run, raise here."""
+    from .device import check_precision, resolve_device
+
+    device = resolve_device(args.device)
+    precision = check_precision(args.precision, device)
+    folder = None if args.checkpoint_every == 0 else str(Path(out) / CHECKPOINT_FOLDER)
+    return RunOptions(device=device, compile=args.compile, checkpoint_dir=folder,
+                      checkpoint_every=args.checkpoint_every), precision
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
-    from .sweep import format_outcome, search
+    from .executors import get_executor
+    from .runplan import format_lr_check, format_run_table, lr_check
+    from .spec import load_spec
+    from .sweep import format_outcome, run_sweep
 
     out = args.out or f"runs/{args.preset}"
-    if args.dry_run or args.lr_check:
-        return _search_plan(args, out)
-    print(f"einsearch search: preset {args.preset!r}, task {args.task or '(preset default)'} -> {out}",
-          flush=True)
-    outcome = search(args.preset, out, task=args.task, structures=args.structures, widths=args.widths,
-                     jobs=args.jobs, show_progress=not args.quiet, steps=args.steps, data=args.data,
-                     seeds=args.seeds, executor=args.executor, address=args.address)
-    print(format_outcome(outcome))
-    return 0 if outcome.ok else 1
-
-
-def _search_plan(args: argparse.Namespace, out: str) -> int:
-    """``--dry-run`` (print the run table, train nothing) and ``--lr-check``."""
-    from .runplan import format_lr_check, format_run_table, lr_check
-    from .sweep import load_spec
-
+    options, precision = _run_options(args, out)
     spec = load_spec(args.preset, task=args.task, structures=args.structures, widths=args.widths,
-                     steps=args.steps, data=args.data, seeds=args.seeds)
-    spec.check_buildable()
+                     steps=args.steps, data=args.data, seeds=args.seeds,
+                     precision=None if args.precision == "fp32" else precision)
+    spec.check_buildable()  # every (structure, width) builds, before anything is written
     if args.dry_run:
         print(format_run_table(spec))
         return 0
-    print(f"einsearch search --lr-check: preset {args.preset!r} -> {out}/lr_check", flush=True)
-    result = lr_check(spec, out, jobs=args.jobs, show_progress=not args.quiet)
-    print(format_lr_check(result))
-    return 0 if result["failed"] == 0 else 1
+    # a bad executor name or an unreachable Ray address fails here, before anything is written
+    with get_executor(args.executor, args.jobs, args.address) as executor:
+        if args.lr_check:
+            print(f"einsearch search --lr-check: preset {args.preset!r} on {executor.describe()} -> "
+                  f"{out}/lr_check", flush=True)
+            result = lr_check(spec, out, executor, options=options, show_progress=not args.quiet)
+            print(format_lr_check(result))
+            return 0 if result["failed"] == 0 else 1
+        print(f"einsearch search: preset {args.preset!r}, task {spec.task} on {executor.describe()}, device "
+              f"{options.device}, {spec.train.get('precision', 'fp32')} -> {out}", flush=True)
+        outcome = run_sweep(spec, out, executor, options=options, show_progress=not args.quiet)
+    print(format_outcome(outcome))
+    return 0 if outcome.ok else 1
 
 
 def _cmd_explore(args: argparse.Namespace) -> int:
@@ -152,9 +182,11 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     out = args.out or f"runs/explore_{name.removeprefix('explore_')}"
     print(f"einsearch explore: preset {name!r}, {args.trials} trials, objective {args.objective} "
           f"-> {out}", flush=True)
+    options, precision = _run_options(args, out)
     outcome = explore(name, out, trials=args.trials, jobs=args.jobs, executor=args.executor,
                       address=args.address, storage=args.storage, timeout=args.timeout,
-                      objective=args.objective, show_progress=not args.quiet)
+                      objective=args.objective, show_progress=not args.quiet, options=options,
+                      precision=None if precision == "fp32" else precision)
     cmp_ = (outcome.summary or {}).get("comparison")
     print(f"{outcome.trials_run} trials this run ({outcome.trials_total} in study "
           f"{outcome.study_name!r}), {outcome.runs_trained} runs trained, {outcome.runs_failed} "
@@ -167,8 +199,21 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     return 0 if outcome.runs_failed == 0 else 1
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                   help="where runs train (default auto: CUDA when present, else the CPU)")
+    p.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
+                   help="fp32, or mixed precision with torch autocast (bf16; fp16 with a gradient "
+                   "scaler, GPU only); part of each run's identity")
+    p.add_argument("--compile", action="store_true", help="train each model through torch.compile")
+    p.add_argument("--checkpoint-every", type=_non_negative_float, default=DEFAULT_CHECKPOINT_EVERY_S,
+                   metavar="SECONDS", help="save a mid-run checkpoint under OUT/checkpoints this often "
+                   f"(default {DEFAULT_CHECKPOINT_EVERY_S:g}; 0: no checkpoints); a rerun resumes "
+                   "unfinished runs from them")
+
+
 def _add_executor_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
+    p.add_argument("--executor", choices=EXECUTORS, default=EXECUTORS[0],
                    help="where runs train: local worker processes (default) or Ray tasks")
     p.add_argument("--address", default=None,
                    help="Ray cluster address (HOST:PORT, ray://HOST:PORT or auto); default: start "
@@ -236,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train each structure at 1/3, 1 and 3 x the transferred lr at its "
                         "middle width for 1/4 of the steps; flag any whose best lr is not the "
                         "transferred one (results in OUT/lr_check/)")
+    _add_run_options(search)
     _add_executor_options(search)
     search.set_defaults(func=_cmd_search)
 
@@ -250,14 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--out", default=None, help="output directory (default: runs/explore_PRESET)")
     explore.add_argument("--jobs", type=_positive_int, default=1,
                          help="parallel runs (local worker processes / Ray CPUs)")
+    _add_run_options(explore)
     _add_executor_options(explore)
     explore.add_argument("--storage", default=None,
                          help="Optuna storage URL shared by several drivers (default: "
                          "sqlite:///OUT/explore.db)")
     explore.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                          help="start no new trial after this many seconds")
-    explore.add_argument("--objective", choices=("multiplier", "multiplier+params"),
-                         default="multiplier",
+    explore.add_argument("--objective", choices=OBJECTIVES, default=OBJECTIVES[0],
                          help="multiplier+params: Pareto front with params/dense (no pruning)")
     explore.add_argument("--quiet", action="store_true", help="no progress lines")
     explore.set_defaults(func=_cmd_explore)
@@ -265,13 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="regenerate the report of a search from its results store")
     report.add_argument("dir", help="the --out directory of a search")
     report.add_argument("--task", default=None, help="which task, when the store holds several")
-    report.add_argument("--loss", choices=("eval", "train"), default="eval",
+    report.add_argument("--loss", choices=LOSSES, default=LOSSES[0],
                         help="frontiers from the held-out loss (default) or the window-mean training loss")
-    report.add_argument("--bootstrap", type=_non_negative_int, default=200, metavar="N",
+    report.add_argument("--bootstrap", type=_non_negative_int, default=DEFAULT_BOOTSTRAP, metavar="N",
                         help="seed-bootstrap replicates for the multiplier intervals (0: no intervals)")
-    report.add_argument("--transient", type=_fraction, default=0.3, metavar="F",
+    report.add_argument("--transient", type=_fraction, default=DEFAULT_TRANSIENT_FRACTION, metavar="F",
                         help="fraction of each run's steps left out as the optimisation transient "
-                        "(default 0.3)")
+                        f"(default {DEFAULT_TRANSIENT_FRACTION:g})")
     report.add_argument("--offset", type=_offset, default=None, metavar="none|shared|E",
                         help="law L = a C^-b (none, default), L = E + a C^-b with one E shared by "
                         "all structures and adopted only if it lowers AIC by > 10 (shared), or a "
@@ -292,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--threads", type=_positive_int, default=2, help="torch threads (choices are per count)")
     tune.add_argument("--mode", choices=("measure", "patient"), default="measure",
                       help="patient adds torch.compile variants (tens of seconds each)")
-    tune.add_argument("--budget", type=float, default=5.0, help="timing seconds per plan (default 5)")
+    tune.add_argument("--budget", type=_positive_float, default=TUNE_BUDGET_S,
+                      help=f"timing seconds per plan (default {TUNE_BUDGET_S:g})")
     tune.add_argument("--inference", action="store_true", help="plan forward-only (no_grad) use")
     tune.add_argument("--force", action="store_true", help="measure again even when a choice is cached")
     tune.set_defaults(func=_cmd_tune)

@@ -112,7 +112,7 @@ def _exit_with_parent(parent_pid: int, period_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="einsearch-parent-watch", daemon=True).start()
 
 
-def _run_one(config: Any, train_fn: Callable | None,
+def _run_one(config: Any, options: Any, train_fn: Callable | None,
              threads: int | None = None) -> tuple[str, Any, float]:
     """Worker body: ("ok", RunResult, seconds) or ("failed", traceback text, seconds)."""
     if threads is not None:
@@ -120,7 +120,7 @@ def _run_one(config: Any, train_fn: Callable | None,
     start = time.perf_counter()
     try:
         fn = train_fn or _default_train()
-        return "ok", fn(config), time.perf_counter() - start
+        return "ok", fn(config, options), time.perf_counter() - start
     except Exception:  # noqa: BLE001 - any trainer error becomes a recorded failure
         return "failed", traceback.format_exc(limit=20), time.perf_counter() - start
 
@@ -142,11 +142,11 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def run(self, configs: Iterable[Any], train_fn: Callable | None = None,
-            progress: Progress | None = None) -> Iterator[RunOutcome]:
-        """Train every config (``train_fn`` defaults to ``einsearch.search.train.train``; it
-        must be a module-level function so that workers can import it) and yield a
-        :class:`RunOutcome` per config as each finishes. ``progress(config, step, loss)`` is
-        called during in-process training only."""
+            progress: Progress | None = None, options: Any | None = None) -> Iterator[RunOutcome]:
+        """Train every config with ``options`` (``RunOptions``) and yield a :class:`RunOutcome`
+        per config as each finishes. ``train_fn(config, options, progress=None)`` defaults to
+        ``einsearch.search.train.train`` (a module-level function, so that workers can import
+        it). ``progress(config, step, loss)`` is called during in-process training only."""
 
     def close(self) -> None:  # noqa: B027  # an optional hook: executors holding nothing need not override it
         """Release workers / the cluster connection."""
@@ -193,17 +193,17 @@ class LocalExecutor(Executor):
         return "local (in-process)" if self.jobs == 1 else f"local ({self.jobs} worker processes)"
 
     def run(self, configs: Iterable[Any], train_fn: Callable | None = None,
-            progress: Progress | None = None) -> Iterator[RunOutcome]:
+            progress: Progress | None = None, options: Any | None = None) -> Iterator[RunOutcome]:
         todo = list(configs)
         if not todo:
             return iter(())
         if self.jobs == 1:
-            return self._serial(todo, train_fn, progress)
-        return self._parallel(todo, train_fn)
+            return self._serial(todo, train_fn, progress, options)
+        return self._parallel(todo, train_fn, options)
 
     @staticmethod
-    def _serial(todo: list, train_fn: Callable | None,
-                progress: Progress | None) -> Iterator[RunOutcome]:
+    def _serial(todo: list, train_fn: Callable | None, progress: Progress | None,
+                options: Any | None) -> Iterator[RunOutcome]:
         fn = train_fn or _default_train()
         for cfg in todo:
             def report(step: int, loss: float, cfg=cfg) -> None:
@@ -212,14 +212,14 @@ class LocalExecutor(Executor):
 
             start = time.perf_counter()
             try:
-                result = fn(cfg, report)
+                result = fn(cfg, options, progress=report)
             except Exception:  # noqa: BLE001 - recorded as a failed run
                 yield RunOutcome(cfg, "failed", traceback.format_exc(limit=20),
                                  time.perf_counter() - start)
                 continue
             yield RunOutcome(cfg, "ok", result, time.perf_counter() - start)
 
-    def _parallel(self, todo: list, train_fn: Callable | None) -> Iterator[RunOutcome]:
+    def _parallel(self, todo: list, train_fn: Callable | None, options: Any | None) -> Iterator[RunOutcome]:
         jobs = self.jobs
         ctx = multiprocessing.get_context("spawn")
         pending = collections.deque(todo)
@@ -229,7 +229,7 @@ class LocalExecutor(Executor):
 
         def submit(cfg: Any) -> None:
             tries[id(cfg)] += 1
-            in_flight[pool.submit(_run_one, cfg, train_fn, self.threads_per_run)] = (
+            in_flight[pool.submit(_run_one, cfg, options, train_fn, self.threads_per_run)] = (
                 cfg, time.perf_counter())
 
         def new_pool() -> cf.ProcessPoolExecutor:
@@ -296,8 +296,8 @@ class LocalExecutor(Executor):
 # Ray
 
 
-def _ray_task(config: Any, train_fn: Callable | None, threads: int) -> tuple[str, Any, float]:
-    return _run_one(config, train_fn, threads)
+def _ray_task(config: Any, options: Any, train_fn: Callable | None, threads: int) -> tuple[str, Any, float]:
+    return _run_one(config, options, train_fn, threads)
 
 
 def _parse_address(address: str) -> tuple[str, int] | None:
@@ -396,14 +396,14 @@ class RayExecutor(Executor):
         return f"ray ({where})"
 
     def run(self, configs: Iterable[Any], train_fn: Callable | None = None,
-            progress: Progress | None = None) -> Iterator[RunOutcome]:
+            progress: Progress | None = None, options: Any | None = None) -> Iterator[RunOutcome]:
         todo = list(configs)
         if not todo:
             return iter(())
         self._ensure()
-        return self._run(todo, train_fn)
+        return self._run(todo, train_fn, options)
 
-    def _run(self, todo: list, train_fn: Callable | None) -> Iterator[RunOutcome]:
+    def _run(self, todo: list, train_fn: Callable | None, options: Any | None) -> Iterator[RunOutcome]:
         import ray
         from ray.exceptions import RayError
 
@@ -411,7 +411,7 @@ class RayExecutor(Executor):
                                              max_retries=self.max_retries,
                                              retry_exceptions=False)
         fn_ref = ray.put(train_fn)
-        refs = {task.remote(cfg, fn_ref, self.num_cpus_per_run): (cfg, time.perf_counter())
+        refs = {task.remote(cfg, options, fn_ref, self.num_cpus_per_run): (cfg, time.perf_counter())
                 for cfg in todo}
         try:
             while refs:

@@ -1,25 +1,6 @@
-"""Which runs a sweep trains: compute-matched widths, the run table and the learning-rate check.
+"""Which runs a sweep trains: the run table (``--dry-run``) and the learning-rate check.
 
-Compute-matched widths (``match_compute: true`` in a spec; docs/design.md section 6)
----------------------------------------------------------------------------------------
-A structured layer is cheaper per width than a dense one, so the same width grid gives a
-structure's frontier far less training compute than dense's and the two loss ranges barely
-overlap. With ``match_compute`` each structure without widths of its own gets, for every dense
-width ``w_d``, the candidate width ``w`` whose training FLOPs per token ``F_S(w)`` is closest to
-dense's in log:
-
-    w_S(w_d) = argmin_{w in candidates} | log F_S(w) - log F_dense(w_d) |
-
-so every structure's runs span the same FLOPs-per-token window as dense's (and, with the same
-steps and batch, the same training-compute window). ``F`` is exactly what the trainer's ledger
-records (3 x the forward FLOPs counted by ``FlopCounterMode`` on the model as built): the dense
-model is counted on the meta device and each structured layer's dense cost is replaced by its
-plan's (``einsearch.make_plan(theta, d_in, d_out).flops``), which equals the counter's figure for
-an ``EinsumLinear``; structures that are not a single theta (mixtures of experts) are built and
-counted for real. Candidates: the widths ``m * 2**k`` (m = 4..7) that are multiples of 16, plus
-16, 32, 48, i.e. at most 25% apart above 64, that the task can build (``charlm`` needs
-multiples of the head size 64 from 64 up), from 16 to ``max_width_factor`` x the largest dense
-width. Two dense widths that land on the same width give that structure one run, not two.
+Widths and FLOPs per token come from the cost model, :mod:`einsearch.search.costmodel`.
 
 The learning-rate check (``einsearch search --lr-check``)
 --------------------------------------------------------
@@ -34,21 +15,20 @@ rate is flagged. The table and the losses go to ``OUT/lr_check/lr_check.json``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .sweep import SweepSpec
+from ._io import atomic_write_text
+from .costmodel import flops_per_token, task_for
+from .spec import SweepSpec
 
-__all__ = ["flops_per_token", "width_candidates", "match_width", "run_table", "format_run_table",
-           "lr_check", "format_lr_check", "LR_CHECK_FACTORS", "LR_CHECK_FRACTION",
-           "MODEL_OPTIONS"]
+__all__ = ["run_table", "format_run_table", "lr_check", "lr_check_spec", "format_lr_check",
+           "LR_CHECK_FACTORS", "LR_CHECK_FRACTION"]
 
 log = logging.getLogger(__name__)
 
@@ -56,132 +36,6 @@ log = logging.getLogger(__name__)
 LR_CHECK_FACTORS = (1 / 3, 1.0, 3.0)
 #: fraction of the sweep's steps that each ``--lr-check`` run trains
 LR_CHECK_FRACTION = 0.25
-#: TrainConfig fields that change a model's FLOPs per token (besides task, structure, width)
-MODEL_OPTIONS = ("depth", "block_size", "data", "num_experts", "top_k", "einsum_norm")
-
-
-def width_candidates(max_width: int, multiple: int = 16) -> list[int]:
-    """Candidate widths up to ``max_width``: 16, 32, 48 and m * 2**k (m = 4..7) divisible by
-    ``multiple``; consecutive candidates are at most 25% apart above 64."""
-    out = {w for w in (16, 32, 48) if w <= max_width}
-    k = 4
-    while 4 * 2 ** k <= max_width:
-        out.update(m * 2 ** k for m in (4, 5, 6, 7) if m * 2 ** k <= max_width)
-        k += 1
-    return sorted(w for w in out if w % multiple == 0)
-
-
-def _task_options(train: Mapping[str, Any], task: str) -> dict[str, Any]:
-    from .tasks import task_options
-
-    accepted = task_options(task)
-    opts: dict[str, Any] = {k: train[k] for k in ("depth", "data", "block_size")
-                            if k in accepted and train.get(k) is not None}
-    return opts
-
-
-@functools.lru_cache(maxsize=8)
-def _get_task(task: str, options: tuple) -> Any:
-    from .tasks import get_task
-
-    return get_task(task, **dict(options))
-
-
-def _example_input(task: Any, device: str = "meta") -> Any:
-    """One example's input (zeros) on ``device``: FLOP counts depend only on its shape."""
-    import torch
-
-    shape = tuple(1 if d == -1 else d for d in task.input_spec.shape)
-    dtype = torch.int64 if task.input_spec.dtype.startswith("int") else torch.get_default_dtype()
-    return torch.zeros(shape, dtype=dtype, device=device)
-
-
-@functools.lru_cache(maxsize=4096)
-def _flops_cached(task_name: str, structure: str, width: int, options: tuple) -> float:
-    import torch
-    from torch import nn
-
-    from einsearch import make_plan, resolve_structure
-
-    from .train import TrainConfig, build_model, count_forward_flops
-
-    opts = dict(options)
-    task = _get_task(task_name, tuple(sorted(_task_options(opts, task_name).items())))
-    try:
-        theta = resolve_structure(structure)
-    except (ValueError, TypeError):
-        theta = None
-    if theta is None:  # not one point of the space (an MoE): build it for real and count
-        cfg = TrainConfig(task=task_name, structure=structure, width=width, **opts)
-        _, model = build_model(cfg, task)
-        x = _example_input(task, "cpu")
-        fwd = count_forward_flops(model, x)
-    else:
-        with torch.device("meta"):
-            model = task.build_model(width, seed=0)
-        fwd = count_forward_flops(model, _example_input(task))
-        for name, module in model.named_modules():
-            if isinstance(module, nn.Linear) and task.structured_select(name, module):
-                d_in, d_out = module.in_features, module.out_features
-                # per token; the example holds tokens_per_example of them
-                fwd += ((make_plan(theta, d_in, d_out).flops - 2 * d_in * d_out)
-                        * task.tokens_per_example)
-    x_tokens = task.tokens_per_example
-    return 3.0 * fwd / x_tokens
-
-
-def flops_per_token(task: str, structure: str, width: int,
-                    train: Mapping[str, Any] | None = None) -> float:
-    """Training FLOPs per token (3 x forward) of ``structure`` at ``width`` on ``task``, as the
-    trainer's ledger counts them; ``train`` holds the model options (depth, block_size, ...).
-
-    Raises ValueError (naming the structure and width) when the task cannot build that width.
-    """
-    train = dict(train or {})
-    options = tuple(sorted((k, train[k]) for k in MODEL_OPTIONS if k in train))
-    try:
-        return _flops_cached(task, structure, int(width), options)
-    except (ValueError, TypeError, RuntimeError) as err:
-        raise ValueError(f"widths: structure {structure!r} cannot be built at width {width} on "
-                         f"task {task!r}: {err}") from None
-
-
-def match_width(target: float, cost: Callable[[int], float], candidates: list[int]) -> int:
-    """The candidate whose ``cost`` is closest to ``target`` in log (``cost`` increasing in
-    width; candidates it cannot build, ``cost`` raising ValueError, are skipped)."""
-    values: dict[int, float | None] = {}
-
-    def value(i: int) -> float | None:
-        if i not in values:
-            try:
-                values[i] = cost(candidates[i])
-            except ValueError:
-                values[i] = None
-        return values[i]
-
-    # bisect for where cost crosses the target, stepping right past unbuildable widths
-    lo, hi = 0, len(candidates) - 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        j = mid
-        while value(j) is None and j < hi - 1:
-            j += 1
-        v = value(j)
-        if v is None:
-            hi = mid
-        elif v >= target:
-            hi = j
-        else:
-            lo = j
-    usable = [(candidates[i], v) for i in range(max(0, lo - 2), min(len(candidates), hi + 3))
-              if (v := value(i)) is not None and v > 0]
-    if not usable:
-        usable = [(candidates[i], v) for i in range(len(candidates))
-                  if (v := value(i)) is not None and v > 0]
-    if not usable:
-        raise ValueError(f"widths: no candidate width in {candidates[0]}..{candidates[-1]} "
-                         "can be built")
-    return min(usable, key=lambda wv: (abs(math.log(wv[1] / target)), wv[0]))[0]
 
 
 # ------------------------------------------------------------------------------------------
@@ -191,12 +45,12 @@ def match_width(target: float, cost: Callable[[int], float], candidates: list[in
 def run_table(spec: SweepSpec) -> list[dict[str, Any]]:
     """One row per (structure, width): FLOPs/token, steps, batch, tokens, compute per run,
     seeds, lrs and the number of runs. Computing it checks that every width can be built."""
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     train = {**defaults, **spec.train}
     steps, batch = train["steps"], train["batch_size"]
-    task = _get_task(spec.task, tuple(sorted(_task_options(train, spec.task).items())))
+    task = task_for(spec.task, spec.train)
     tokens = steps * batch * task.tokens_per_example
     rows = []
     for s in spec.structures:
@@ -248,8 +102,7 @@ def lr_check_spec(spec: SweepSpec, *, factors: tuple[float, ...] = LR_CHECK_FACT
                   fraction: float = LR_CHECK_FRACTION
                   ) -> tuple[SweepSpec, dict[str, float], dict[str, int]]:
     """The check's own spec, each structure's transferred lr and its check width."""
-    from .sweep import SweepSpec
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
@@ -271,21 +124,21 @@ def lr_check_spec(spec: SweepSpec, *, factors: tuple[float, ...] = LR_CHECK_FACT
     return check, transferred, widths
 
 
-def lr_check(spec: SweepSpec, out_dir: str | os.PathLike[str], *, jobs: int = 1,
-             show_progress: bool = True, train_fn: Callable | None = None,
+def lr_check(spec: SweepSpec, out_dir: str | os.PathLike[str], executor: Any | None = None, *,
+             options: Any | None = None, show_progress: bool = True, train_fn: Callable | None = None,
              factors: tuple[float, ...] = LR_CHECK_FACTORS,
              fraction: float = LR_CHECK_FRACTION) -> dict[str, Any]:
     """Train each structure at ``factors`` x its transferred learning rate (see the module
-    docstring) into ``out_dir/lr_check`` and return (and write to ``lr_check.json`` there) per
-    structure: width, transferred lr, the lrs tried, loss per lr, best lr and ``flagged``
-    (best is not the transferred lr)."""
+    docstring) on ``executor`` (default: this process) into ``out_dir/lr_check`` and return
+    (and write to ``lr_check.json`` there) per structure: width, transferred lr, the lrs tried,
+    loss per lr, best lr and ``flagged`` (best is not the transferred lr)."""
     from .store import ResultStore
     from .sweep import run_sweep
 
     check, transferred, widths = lr_check_spec(spec, factors=factors, fraction=fraction)
     check.check_buildable()
     folder = Path(out_dir) / "lr_check"
-    outcome = run_sweep(check, folder, jobs=jobs, show_progress=show_progress,
+    outcome = run_sweep(check, folder, executor, options=options, show_progress=show_progress,
                         train_fn=train_fn, report=False)
     rows: dict[str, dict[int, float]] = {}
     with ResultStore(folder / "results.sqlite") as store:
@@ -320,7 +173,7 @@ def lr_check(spec: SweepSpec, out_dir: str | os.PathLike[str], *, jobs: int = 1,
             "losses": [None if x is None or not math.isfinite(x) else x for x in per_lr],
             "best_lr": None if best is None else lrs[best],
             "flagged": best is None or best != ref})
-    (folder / "lr_check.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    atomic_write_text(folder / "lr_check.json", json.dumps(result, indent=2) + "\n")
     return result
 
 

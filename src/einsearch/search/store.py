@@ -1,11 +1,20 @@
 """Results store: one SQLite file per sweep (``out_dir/results.sqlite``).
 
-Two tables hold everything the analysis needs:
+Three tables hold everything the analysis needs:
 
-* ``runs``   one row per training run (run_id is ``TrainConfig.run_id()``): what was trained
-  (task, structure, theta and its taxonomy, width, seed, lr, the full config as JSON), what it
-  cost (params, FLOPs per token, wall time) and how it ended (status, final eval loss, error).
-* ``points`` one row per logged step of a run: (step, tokens, compute, train_loss, eval_loss).
+* ``runs``    one row per training run (run_id is ``TrainConfig.run_id()``): what was trained
+  (task, structure, theta and its taxonomy, width, seed, lr, precision, the full config as
+  JSON), where and how (device, the execution options and environment as JSON), what it cost
+  (params, FLOPs per token, wall time) and how it ended (status, final eval loss, error).
+* ``points``  one row per logged step of a run: (step, tokens, compute, train_loss, eval_loss,
+  elapsed_s = training seconds since the run's first step).
+* ``metrics`` extra named values per logged step (e.g. an MoE layer's expert load):
+  (run_id, step, name, value).
+
+Schema versions. Version 1 (the first release) had no device, precision, execution, elapsed_s
+or metrics; opening a version-1 store migrates it in place, in one transaction, by adding them
+(empty for the old rows: precision fp32, device and times unknown). Run ids do not change
+(``einsearch.search.config``), so a migrated store resumes with nothing retrained.
 
 Crash safety. A run and all of its points are written in ONE transaction, in WAL mode, so a
 process killed at any instant leaves either the whole finished run or nothing of it; a sweep that
@@ -34,11 +43,21 @@ from ._io import finite_or_none, utc_now_iso
 
 __all__ = ["ResultStore", "RunRow", "PointRow", "StoreError", "SCHEMA_VERSION", "FINAL_STATUSES"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION = "einsearch"
 #: statuses a sweep never retries
 FINAL_STATUSES = ("finished", "diverged")
 STATUSES = ("finished", "diverged", "failed")
+
+_METRICS_TABLE = """
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL,
+    step   INTEGER NOT NULL,
+    name   TEXT NOT NULL,
+    value  REAL,
+    PRIMARY KEY (run_id, step, name)
+);
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS einsearch_meta (
@@ -63,7 +82,10 @@ CREATE TABLE IF NOT EXISTS runs (
     final_eval_loss REAL,
     config_json     TEXT NOT NULL,
     finished_at     TEXT NOT NULL,
-    error           TEXT
+    error           TEXT,
+    device          TEXT,
+    precision       TEXT,
+    execution_json  TEXT
 );
 CREATE TABLE IF NOT EXISTS points (
     run_id     TEXT NOT NULL,
@@ -72,10 +94,18 @@ CREATE TABLE IF NOT EXISTS points (
     compute    REAL NOT NULL,
     train_loss REAL,
     eval_loss  REAL,
+    elapsed_s  REAL,
     PRIMARY KEY (run_id, step)
 );
 CREATE INDEX IF NOT EXISTS runs_by_structure ON runs (task, structure);
-"""
+""" + _METRICS_TABLE
+
+#: version 1 -> 2, in one transaction: the columns and the table version 2 added
+_MIGRATE_1_TO_2 = ("ALTER TABLE runs ADD COLUMN device TEXT;"
+                   "ALTER TABLE runs ADD COLUMN precision TEXT;"
+                   "ALTER TABLE runs ADD COLUMN execution_json TEXT;"
+                   "ALTER TABLE points ADD COLUMN elapsed_s REAL;" + _METRICS_TABLE
+                   + "UPDATE einsearch_meta SET value = '2' WHERE key = 'schema_version';")
 
 
 class StoreError(ValueError):
@@ -104,21 +134,33 @@ class RunRow:
     config: dict[str, Any]
     finished_at: str
     error: str | None = None
+    device: str | None = None
+    precision: str | None = None
+    execution: dict[str, Any] | None = None
+
+    @property
+    def run_precision(self) -> str:
+        """The run's precision (``fp32`` for runs recorded before precision existed)."""
+        return self.precision or str(self.config.get("precision", "fp32"))
 
 
 @dataclass(frozen=True)
 class PointRow:
-    """One logged step of a run. ``compute`` is cumulative training FLOPs."""
+    """One logged step of a run. ``compute`` is cumulative training FLOPs; ``elapsed_s`` the
+    training seconds since the run's first step (None in stores older than schema 2)."""
 
     step: int
     tokens: int
     compute: float
     train_loss: float | None
     eval_loss: float | None
+    elapsed_s: float | None = None
 
 
-_RUN_COLUMNS = [f.name for f in dataclasses.fields(RunRow) if f.name != "config"]
-_RUN_COLUMNS.insert(_RUN_COLUMNS.index("finished_at"), "config_json")
+#: JSON columns and the RunRow field each decodes into
+_JSON_COLUMNS = {"config_json": "config", "execution_json": "execution"}
+_RUN_COLUMNS = [{v: k for k, v in _JSON_COLUMNS.items()}.get(f.name, f.name) for f in dataclasses.fields(RunRow)]
+_POINT_COLUMNS = "step, tokens, compute, train_loss, eval_loss, elapsed_s"
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
@@ -127,13 +169,6 @@ def _config_dict(config: Any) -> dict[str, Any]:
     if isinstance(config, Mapping):
         return dict(config)
     return dict(vars(config))
-
-
-def moe_structures() -> tuple[str, ...]:
-    """Structure names that are mixtures of experts rather than points of the theta space."""
-    from einsearch import parse_structure, structure_kinds
-
-    return tuple(k for k in structure_kinds() if parse_structure(k).is_moe)
 
 
 def structure_meta(structure: str) -> dict[str, Any]:
@@ -210,8 +245,10 @@ class ResultStore:
             raise StoreError(
                 f"{self.path} has store schema version {version}, newer than this einsearch "
                 f"supports ({SCHEMA_VERSION}); upgrade einsearch")
-        if version < SCHEMA_VERSION:  # pragma: no cover - no older versions exist yet
-            raise StoreError(f"{self.path} has an old store schema version {version}")
+        if version == 1:
+            self._conn.executescript("BEGIN IMMEDIATE;" + _MIGRATE_1_TO_2 + "COMMIT;")
+        elif version != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has an unknown store schema version {version}")
 
     class _Tx:
         def __init__(self, conn: sqlite3.Connection):
@@ -237,11 +274,14 @@ class ResultStore:
         return int(row[0])
 
     # -- writing ----------------------------------------------------------------------------
-    def record(self, result: Any, meta: Mapping[str, Any] | None = None) -> None:
+    def record(self, result: Any, meta: Mapping[str, Any] | None = None, *,
+               execution: Mapping[str, Any] | None = None) -> None:
         """Write one ``RunResult`` and all its points atomically (replacing any earlier copy).
 
         ``meta`` carries what the result does not know: ``theta``, ``omega``, ``psi``, ``nu``
-        (computed from ``result.config.structure`` when omitted) and optionally ``error``.
+        (computed from ``result.config.structure`` when omitted) and optionally ``error``;
+        ``execution`` how it ran (device, threads, jobs, torch version, ...). A point's
+        ``metrics`` mapping, if it has one, goes to the ``metrics`` table.
         """
         config = result.config
         meta = dict(meta) if meta is not None else structure_meta(config.structure)
@@ -250,16 +290,21 @@ class ResultStore:
             raise ValueError(f"unknown run status {status!r}; expected one of {STATUSES}")
         points = [
             (int(p.step), int(p.tokens), float(p.compute),
-             finite_or_none(p.train_loss), finite_or_none(p.eval_loss))
+             finite_or_none(p.train_loss), finite_or_none(p.eval_loss),
+             finite_or_none(getattr(p, "elapsed_s", None)))
             for p in result.points
         ]
+        metrics = [(int(p.step), str(name), finite_or_none(value))
+                   for p in result.points for name, value in (getattr(p, "metrics", None) or {}).items()]
         self._write(config, meta, status=status, params=result.params,
                     flops_per_token=result.flops_per_token, wall_time_s=result.wall_time_s,
                     final_eval_loss=result.final_eval_loss, error=meta.get("error"),
-                    points=points)
+                    points=points, metrics=metrics, device=getattr(result, "device", None),
+                    execution=execution)
 
     def record_failure(self, config: Any, error: str, meta: Mapping[str, Any] | None = None,
-                       wall_time_s: float | None = None) -> None:
+                       wall_time_s: float | None = None, *,
+                       execution: Mapping[str, Any] | None = None) -> None:
         """Record that training ``config`` raised ``error`` (status ``failed``, no points).
 
         Failed runs are not in :meth:`finished_run_ids`, so the next sweep retries them.
@@ -270,11 +315,13 @@ class ResultStore:
             except Exception:  # the structure itself may be what failed
                 meta = {}
         self._write(config, meta, status="failed", params=None, flops_per_token=None,
-                    wall_time_s=wall_time_s, final_eval_loss=None, error=str(error), points=[])
+                    wall_time_s=wall_time_s, final_eval_loss=None, error=str(error), points=[],
+                    metrics=[], device=None, execution=execution)
 
     def _write(self, config: Any, meta: Mapping[str, Any], *, status: str, params: Any,
                flops_per_token: Any, wall_time_s: Any, final_eval_loss: Any, error: Any,
-               points: list[tuple]) -> None:
+               points: list[tuple], metrics: list[tuple], device: str | None,
+               execution: Mapping[str, Any] | None) -> None:
         run_id = config.run_id()
         cfg = _config_dict(config)
         row = {
@@ -296,17 +343,23 @@ class ResultStore:
             "config_json": json.dumps(cfg, sort_keys=True, default=str),
             "finished_at": utc_now_iso(),
             "error": error,
+            "device": device,
+            "precision": cfg.get("precision", "fp32"),
+            "execution_json": None if execution is None else json.dumps(dict(execution), sort_keys=True,
+                                                                         default=str),
         }
         cols = ", ".join(_RUN_COLUMNS)
         marks = ", ".join("?" for _ in _RUN_COLUMNS)
         with self._transaction() as conn:
             conn.execute("DELETE FROM points WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
             conn.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})",
                          [row[c] for c in _RUN_COLUMNS])
             conn.executemany(
-                "INSERT OR REPLACE INTO points (run_id, step, tokens, compute, train_loss, "
-                "eval_loss) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO points (run_id, {_POINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(run_id, *p) for p in points])
+            conn.executemany("INSERT OR REPLACE INTO metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)",
+                             [(run_id, *m) for m in metrics])
 
     # -- reading ----------------------------------------------------------------------------
     def finished_run_ids(self) -> set[str]:
@@ -344,22 +397,32 @@ class ResultStore:
     @staticmethod
     def _row(values: Sequence[Any]) -> RunRow:
         d = dict(zip(_RUN_COLUMNS, values))
-        d["config"] = json.loads(d.pop("config_json"))
+        for column, name in _JSON_COLUMNS.items():
+            text = d.pop(column)
+            d[name] = None if text is None else json.loads(text)
         return RunRow(**d)
 
     def points(self, run_id: str) -> list[PointRow]:
         """The logged points of one run, by step."""
         return [PointRow(*r) for r in self._conn.execute(
-            "SELECT step, tokens, compute, train_loss, eval_loss FROM points "
-            "WHERE run_id = ? ORDER BY step", (run_id,))]
+            f"SELECT {_POINT_COLUMNS} FROM points WHERE run_id = ? ORDER BY step", (run_id,))]
 
     def all_points(self) -> dict[str, list[PointRow]]:
         """Every run's points in one query: ``{run_id: [PointRow, ...]}`` (by step)."""
         out: dict[str, list[PointRow]] = {}
         for run_id, *rest in self._conn.execute(
-                "SELECT run_id, step, tokens, compute, train_loss, eval_loss FROM points "
-                "ORDER BY run_id, step"):
+                f"SELECT run_id, {_POINT_COLUMNS} FROM points ORDER BY run_id, step"):
             out.setdefault(run_id, []).append(PointRow(*rest))
+        return out
+
+    def metrics(self, run_id: str | None = None) -> dict[str, dict[int, dict[str, float | None]]]:
+        """Extra per-point values: ``{run_id: {step: {name: value}}}`` (one run, or all)."""
+        sql, args = "SELECT run_id, step, name, value FROM metrics", []
+        if run_id is not None:
+            sql, args = sql + " WHERE run_id = ?", [run_id]
+        out: dict[str, dict[int, dict[str, float | None]]] = {}
+        for rid, step, name, value in self._conn.execute(sql + " ORDER BY run_id, step, name", args):
+            out.setdefault(rid, {}).setdefault(int(step), {})[name] = value
         return out
 
     def load(self, **filters: Any) -> list[tuple[RunRow, list[PointRow]]]:

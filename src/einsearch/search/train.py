@@ -1,11 +1,27 @@
-"""One training run as a pure function of a config (docs/design.md section 6).
+"""One training run as a pure function of its config (docs/design.md sections 6 and 11).
 
     config -> task -> model(width, seed) -> structurize(structure) -> AdamW(muP param groups)
            -> warmup + constant (or cosine) LR -> (compute, loss) logged along the whole curve
 
-``train(config)`` never raises for a run that blows up: a non-finite loss, or (after warmup) a
-batch loss above ``divergence_factor`` x the initial loss, ends the run with status
-``"diverged"``. Invalid configs raise ``ValueError`` when the ``TrainConfig`` is built.
+``train(config, options)`` trains ``config`` (what the run is, ``TrainConfig``) the way
+``options`` says (where and how, ``RunOptions``: device, threads, ``torch.compile``,
+checkpoints). The loop keeps everything in an explicit :class:`TrainState` and calls
+:mod:`callbacks <einsearch.search.callbacks>` at the start, after each update, at log points
+and at the end; progress reports and mid-run checkpoints (:mod:`einsearch.search.checkpoint`)
+attach there.
+
+``train`` never raises for a run that blows up: a non-finite loss, or (after warmup) a batch
+loss above ``divergence_factor`` x the initial loss, ends the run with status ``"diverged"`` at
+that step. Invalid configs raise ``ValueError`` when the ``TrainConfig`` is built.
+
+No host synchronisation per step. The batch losses are summed on the device and the
+divergence watch (the first bad step) is a device tensor too; both are read back at log points
+and every ``SYNC_EVERY`` steps, so an accelerator's queue never drains in between. A diverged
+run stops at the next read; its points are exactly those logged before the bad step.
+
+Mixed precision (``TrainConfig.precision``): the forward and the loss run under
+``torch.autocast`` (bf16 or fp16, float32 parameters), with a gradient scaler for fp16;
+evaluation runs under the same autocast.
 
 FLOP ledger: forward FLOPs per token are measured once with
 ``torch.utils.flop_counter.FlopCounterMode`` on the model as built (after structurize), on one
@@ -18,186 +34,69 @@ counted with torch's own SDPA formula (full T x T, causal mask not discounted).
 
 Logged points: step 0 (before any update: the loss of the first batch and the eval loss at
 init), then every ``log_every`` steps and at the last step; or, when ``log_points`` is set, on
-about ``log_points`` log-spaced steps (:func:`log_spaced_steps`, the last step included), so a
-log-log frontier gets evenly spread points instead of most of them at the end. ``Point.train_loss`` is the mean
-batch loss over the steps since the previous point; ``Point.eval_loss`` is measured on the
-task's fixed held-out set right after that step's update.
+about ``log_points`` log-spaced steps (:func:`log_spaced_steps`, the last step included).
+``Point.train_loss`` is the mean batch loss over the steps since the previous point;
+``Point.eval_loss`` is measured on the task's fixed held-out set right after that step's
+update; ``Point.elapsed_s`` is the training time since the first step, evaluation and
+checkpoint time excluded (the device is synchronised before the clock is read).
 
 Determinism: the model (and its structured cores) are initialised under a forked RNG seeded
 with ``seed``; the data stream is the task's stream for ``seed`` (see ``tasks.base``). The
-same config gives the same numbers in the same environment (thread count included).
+same config gives the same numbers in the same environment (thread count included), and a run
+resumed from a checkpoint logs the same curve as one that was never stopped.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from einsearch import StructureConfig, aux_loss, param_groups, parse_structure, structure_kinds, structurize
-from einsearch._checks import check_non_negative_float, check_non_negative_int, check_positive_float, check_positive_int
+from einsearch import aux_loss, param_groups, structurize
 
-from .tasks import Task, get_task, task_names, task_options
+from .callbacks import Callback, ProgressCallback
+from .checkpoint import Checkpointer
+from .config import (
+    DEFAULT_NUM_EXPERTS,
+    MOE_STRUCTURES,
+    SCHEDULES,
+    RunOptions,
+    TrainConfig,
+    log_spaced_steps,
+)
+from .device import autocast, device_description, make_grad_scaler
+from .tasks import Task, get_task
 
-__all__ = ["TrainConfig", "Point", "RunResult", "train", "build_model", "count_forward_flops", "log_spaced_steps",
-           "lr_factor", "make_optimizer", "SCHEDULES"]
+__all__ = ["TrainConfig", "RunOptions", "Point", "RunResult", "TrainState", "train", "build_model",
+           "count_forward_flops", "log_spaced_steps", "lr_factor", "make_optimizer", "SCHEDULES",
+           "MOE_STRUCTURES", "DEFAULT_NUM_EXPERTS", "SYNC_EVERY"]
 
 logger = logging.getLogger(__name__)
 
-SCHEDULES = ("constant", "cosine")
-#: MoE structures: "btt_moe" = a BTTMoELinear in every structured layer, "moe" = the dense model
-#: with a standard FFN MoE (``einsearch.moe.MoEFFN``) in every transformer block
-MOE_STRUCTURES = tuple(k for k in structure_kinds() if parse_structure(k).is_moe)
-#: experts of an MoE structure when ``TrainConfig.num_experts`` is None
-DEFAULT_NUM_EXPERTS = 8
 #: cosine decays the LR from its peak to this fraction of it at the last step
 COSINE_FINAL_FRACTION = 0.1
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines one training run (and, hashed, its ``run_id``).
-
-    Fields:
-        task: registered task name (``"regression"``, ``"charlm"``).
-        structure: a structure name (``"dense"``, ``"monarch"``, ``"btt(0.25)"``,
-            ``"low_rank(0.5)"``) or theta text ``"(a|b|g|d|e|f|r)"``.
-        width: model width; base_width: width at which ``lr`` is the dense layer's rate (muP).
-        depth: model depth (residual blocks / transformer layers); ``None`` = task default.
-        seed: initialisation and data-stream seed.
-        lr, weight_decay: AdamW base learning rate and weight decay.
-        steps, batch_size: optimizer updates and examples per update.
-        warmup_steps, schedule: linear warmup over ``warmup_steps`` updates, then ``"constant"``
-            or ``"cosine"`` (to 10% of the peak at the last step).
-        einsum_norm: normalise structured cores (docs/design.md section 4).
-        log_every, eval_batches: logging period in steps; held-out batches per eval (0 = none).
-        log_points: ``None`` (log every ``log_every`` steps) or the number of log-spaced steps
-            to log on (>= 2, the last step included; replaces ``log_every``).
-        data, block_size: corpus path and context length (``charlm`` only).
-        structure may also be ``"btt_moe"`` or ``"moe"`` (``MOE_STRUCTURES``).
-        num_experts, top_k, aux_loss_weight: MoE settings, used by the MoE structures only:
-            experts (``None`` = 8), active experts per token, and the weight of the mean
-            auxiliary loss of the MoE layers in the training loss.
-        divergence_factor: after warmup, a batch loss above this x the initial loss = diverged.
-    """
-
-    task: str = "regression"
-    structure: str = "dense"
-    width: int = 64
-    depth: int | None = None
-    base_width: int = 64
-    seed: int = 0
-    lr: float = 3e-3
-    steps: int = 500
-    batch_size: int = 128
-    warmup_steps: int = 50
-    schedule: str = "constant"
-    weight_decay: float = 0.0
-    einsum_norm: bool = True
-    log_every: int = 25
-    log_points: int | None = None
-    eval_batches: int = 4
-    data: str | None = None
-    block_size: int = 128
-    num_experts: int | None = None
-    top_k: int = 2
-    aux_loss_weight: float = 0.01
-    divergence_factor: float = 4.0
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad field, its value and what was expected."""
-
-        def bad(name: str, expected: str) -> ValueError:
-            return ValueError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
-
-        if not isinstance(self.task, str) or self.task not in task_names():
-            raise ValueError(f"TrainConfig.task must be one of {', '.join(task_names())}, got {self.task!r}")
-        if not isinstance(self.structure, str):
-            raise bad("structure", "a structure name or theta text '(a|b|g|d|e|f|r)'")
-        try:
-            parse_structure(self.structure)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"TrainConfig.structure={self.structure!r} is not a valid structure: {err}") from None
-        for name in ("width", "base_width", "steps", "batch_size", "log_every", "block_size", "top_k"):
-            check_positive_int(getattr(self, name), f"TrainConfig.{name}")
-        for name in ("seed", "warmup_steps", "eval_batches"):
-            check_non_negative_int(getattr(self, name), f"TrainConfig.{name}")
-        if self.log_points is not None and (not _is_int(self.log_points) or self.log_points < 2):
-            raise bad("log_points", "None (log every log_every steps) or an integer >= 2")
-        if self.depth is not None and (not _is_int(self.depth) or self.depth < 1):
-            raise bad("depth", "None (task default) or a positive integer")
-        check_positive_float(self.lr, "TrainConfig.lr")
-        for name in ("weight_decay", "aux_loss_weight"):
-            check_non_negative_float(getattr(self, name), f"TrainConfig.{name}")
-        if not _is_num(self.divergence_factor) or not self.divergence_factor > 1:
-            raise bad("divergence_factor", "a number > 1")
-        if self.schedule not in SCHEDULES:
-            raise bad("schedule", f"one of {', '.join(SCHEDULES)}")
-        if not isinstance(self.einsum_norm, bool):
-            raise bad("einsum_norm", "True or False")
-        if self.data is not None:
-            if not isinstance(self.data, str) or not self.data:
-                raise bad("data", "None or a non-empty path string")
-            if "data" not in task_options(self.task):
-                raise ValueError(f"TrainConfig.data is only used by tasks that read a corpus; "
-                                 f"task {self.task!r} takes none, got data={self.data!r}")
-        if self.num_experts is not None:
-            if not _is_int(self.num_experts) or self.num_experts < 1:
-                raise bad("num_experts", "None (no MoE) or a positive integer")
-            if self.top_k > self.num_experts:
-                raise ValueError(f"TrainConfig.top_k must be <= num_experts={self.num_experts}, got {self.top_k!r}")
-
-    def structure_config(self) -> StructureConfig:
-        """``structure`` as a typed config; an MoE kind gets ``num_experts`` (None: 8) and ``top_k``."""
-        config = parse_structure(self.structure)
-        if config.is_moe:
-            config = parse_structure(config, num_experts=self.num_experts or DEFAULT_NUM_EXPERTS, top_k=self.top_k)
-        return config
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def log_steps(self) -> list[int]:
-        """The updates after which a point is logged (step 0 is always logged too)."""
-        if self.log_points is not None:
-            return log_spaced_steps(self.steps, self.log_points)
-        return sorted({*range(self.log_every, self.steps + 1, self.log_every), self.steps})
-
-    def run_id(self) -> str:
-        """Stable 16-hex-digit id: blake2b of the sorted JSON of every field."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+#: steps between reads of the divergence watch when no point is logged in between
+SYNC_EVERY = 64
 
 
 @dataclass
 class Point:
-    """One logged point of a run's curve."""
+    """One logged point of a run's curve (``elapsed_s``: training seconds since the first step)."""
 
     step: int
     tokens: int
     compute: float
     train_loss: float
     eval_loss: float | None
+    elapsed_s: float | None = None
 
 
 @dataclass
@@ -207,7 +106,9 @@ class RunResult:
     ``params``: trainable parameters of the model as trained; ``flops_per_token``: training
     FLOPs per token (3 x the measured forward); ``final_eval_loss``: the eval loss at the last
     step (``None`` when the run diverged or evaluation is off); ``diverged_step``: the update at
-    which divergence was detected.
+    which divergence was detected; ``device``: where it trained; ``resumed_from``: the step of
+    the checkpoint it resumed from (None: it started at step 0); ``environment``: what its
+    times were measured under (device name, torch threads, torch version, compile).
     """
 
     config: TrainConfig
@@ -219,41 +120,20 @@ class RunResult:
     final_eval_loss: float | None
     diverged_step: int | None = None
     forward_flops_per_token: float = field(default=0.0)
+    device: str | None = None
+    resumed_from: int | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------- helpers
-def log_spaced_steps(steps: int, n: int) -> list[int]:
-    """About ``n`` distinct steps in ``1..steps``, log-spaced, always including ``steps``.
-
-    Step k of ``n`` is ``round(steps ** (k / (n - 1)))`` for k = 0..n-1; early steps that round
-    to the same integer are merged, so short runs get fewer than ``n``.
-    """
-    if not _is_int(steps) or steps < 1:
-        raise ValueError(f"log_spaced_steps: steps must be a positive integer, got {steps!r}")
-    if not _is_int(n) or n < 2:
-        raise ValueError(f"log_spaced_steps: n must be an integer >= 2, got {n!r}")
-    return sorted({max(1, min(steps, round(steps ** (k / (n - 1))))) for k in range(n)} | {steps})
-
-
-def _task_for(config: TrainConfig) -> Task:
-    accepted = task_options(config.task)
-    options: dict = {}
-    if config.depth is not None:
-        options["depth"] = config.depth
-    if config.data is not None:
-        options["data"] = config.data
-    if "block_size" in accepted:
-        options["block_size"] = config.block_size
-    return get_task(config.task, **options)
-
-
 def build_model(config: TrainConfig, task: Task | None = None) -> tuple[Task, nn.Module]:
-    """The task and its model for ``config``, structured and initialised from ``config.seed``.
+    """The task and its model for ``config``, structured and initialised from ``config.seed``
+    (on the CPU, in float32).
 
     Every structure goes through ``structurize`` (``"dense"`` included), so init scales,
     ``einsum_norm`` and learning-rate rules are the same code path for every structure.
     """
-    task = task if task is not None else _task_for(config)
+    task = task if task is not None else get_task(config.task, **config.task_options())
     model = task.build_model(config.width, seed=config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -306,83 +186,257 @@ def make_optimizer(model: nn.Module, config: TrainConfig):
     return optimizer, scheduler
 
 
-def _to_model(batch: tuple[Tensor, Tensor], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    return tuple(t.to(dtype) if t.is_floating_point() else t for t in batch)  # type: ignore[return-value]
+def _to_model(batch: tuple[Tensor, Tensor], dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Float data in the model's dtype, both on its device (asynchronously where it can)."""
+    x, y = ((t.to(dtype) if t.is_floating_point() else t).to(device, non_blocking=True) for t in batch)
+    return x, y
+
+
+# ------------------------------------------------------------------------------------ state
+@dataclass
+class TrainState:
+    """Everything a run carries from one step to the next (what a checkpoint saves).
+
+    ``step``: optimizer updates done; ``points``: the curve so far; ``window_sum`` /
+    ``window_count``: batch losses since the last point (``window_sum`` a float64 device
+    tensor); ``bad_step``: the first step whose loss diverged (a device tensor, -1: none);
+    ``elapsed_s``: training seconds up to the last time the clock was read.
+    """
+
+    config: TrainConfig
+    options: RunOptions
+    task: Task
+    model: nn.Module
+    forward_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    device: torch.device
+    params: int
+    forward_flops_per_token: float
+    first_batch: tuple[Tensor, Tensor]
+    window_sum: Tensor
+    bad_step: Tensor
+    step: int = 0
+    points: list[Point] = field(default_factory=list)
+    initial_loss: float | None = None
+    window_count: int = 0
+    elapsed_s: float = 0.0
+    status: str = "running"
+    diverged_step: int | None = None
+    _clock: float = field(default=0.0, repr=False)
+
+    @property
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 3 x the measured forward."""
+        return 3.0 * self.forward_flops_per_token
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.config.batch_size * self.task.tokens_per_example
+
+    # -- the clock ------------------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start_clock(self) -> None:
+        self._clock = time.perf_counter()
+
+    @contextlib.contextmanager
+    def untimed(self) -> Iterator[None]:
+        """Time spent inside is not training time (evaluation, checkpoints). The device is
+        synchronised first, so the training time read here is complete."""
+        self._sync()
+        self.elapsed_s += time.perf_counter() - self._clock
+        try:
+            yield
+        finally:
+            self._clock = time.perf_counter()
+
+    # -- data and evaluation --------------------------------------------------------------
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        """The training batch of update ``step`` (1-based) on the model's device."""
+        if step == 1:
+            return self.first_batch
+        raw = self.task.batch(step - 1, self.config.batch_size, torch.Generator().manual_seed(self.config.seed))
+        return _to_model(raw, _param_dtype(self.model), self.device)
+
+    def evaluate(self) -> float | None:
+        """Held-out loss under the run's precision (None when evaluation is off)."""
+        if self.config.eval_batches == 0:
+            return None
+        with autocast(self.options.device, self.config.precision):
+            return self.task.eval_loss(self.forward_model, num_batches=self.config.eval_batches,
+                                       batch_size=self.config.batch_size)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def loop_state(self) -> dict[str, Any]:
+        """The loop's own variables (a checkpoint adds model, optimizer, scheduler, RNG)."""
+        return {"step": self.step, "points": [vars(p).copy() for p in self.points],
+                "initial_loss": self.initial_loss, "window_sum": self.window_sum,
+                "window_count": self.window_count, "bad_step": self.bad_step, "elapsed_s": self.elapsed_s}
+
+    def load_loop_state(self, saved: dict[str, Any]) -> None:
+        self.step = int(saved["step"])
+        self.points = [Point(**p) for p in saved["points"]]
+        self.initial_loss = saved["initial_loss"]
+        self.window_sum = saved["window_sum"].to(self.device)
+        self.window_count = int(saved["window_count"])
+        self.bad_step = saved["bad_step"].to(self.device)
+        self.elapsed_s = float(saved["elapsed_s"])
+
+    def result(self, wall_time_s: float, resumed_from: int | None = None) -> RunResult:
+        final = self.points[-1].eval_loss if self.status == "finished" and self.points else None
+        environment = {"device_name": device_description(str(self.device)), "threads": torch.get_num_threads(),
+                       "torch": torch.__version__, "compile": self.options.compile, "resumed_from": resumed_from}
+        return RunResult(config=self.config, status=self.status, params=self.params,
+                         flops_per_token=self.flops_per_token, points=self.points, wall_time_s=wall_time_s,
+                         final_eval_loss=final, diverged_step=self.diverged_step,
+                         forward_flops_per_token=self.forward_flops_per_token, device=str(self.device),
+                         resumed_from=resumed_from, environment=environment)
+
+
+def _param_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def prepare(config: TrainConfig, options: RunOptions) -> TrainState:
+    """Build the task, the model on its device, the optimizer and the FLOP ledger (nothing trained)."""
+    config.validate()
+    device = torch.device(options.device)
+    task, model = build_model(config)
+    model.to(device)
+    dtype = _param_dtype(model)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer, scheduler = make_optimizer(model, config)
+    first = _to_model(task.batch(0, config.batch_size, torch.Generator().manual_seed(config.seed)), dtype, device)
+    fwd_per_token = count_forward_flops(model, first[0]) / (first[0].shape[0] * task.tokens_per_example)
+    forward_model = cast(nn.Module, torch.compile(model)) if options.compile else model
+    return TrainState(config=config, options=options, task=task, model=model, forward_model=forward_model,
+                      optimizer=optimizer, scheduler=scheduler,
+                      scaler=make_grad_scaler(options.device, config.precision), device=device, params=params,
+                      forward_flops_per_token=fwd_per_token, first_batch=first,
+                      window_sum=torch.zeros((), dtype=torch.float64, device=device),
+                      bad_step=torch.full((), -1, dtype=torch.int64, device=device))
 
 
 # ------------------------------------------------------------------------------------ train
-def train(config: TrainConfig, progress: Callable[[int, float], None] | None = None) -> RunResult:
-    """Train one model as ``config`` says and return its curve.
+def train(config: TrainConfig, options: RunOptions | None = None,
+          progress: Callable[[int, float], None] | None = None, *,
+          callbacks: Sequence[Callback] = ()) -> RunResult:
+    """Train one model as ``config`` says, where ``options`` says, and return its curve.
 
-    ``progress(step, batch_loss)`` is called after every optimizer update (for progress bars).
+    ``progress(step, train_loss)`` is called at every logged point (for progress bars);
+    ``callbacks`` get the loop's events (:mod:`einsearch.search.callbacks`). With
+    ``options.checkpoint_dir`` the run resumes from its checkpoint there, if any, and saves one
+    every ``options.checkpoint_every`` seconds.
     """
     t0 = time.perf_counter()
-    config.validate()
-    task, model = build_model(config)
-    dtype = next(model.parameters()).dtype
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    options = options if options is not None else RunOptions()
+    if options.threads is not None and torch.get_num_threads() != options.threads:
+        torch.set_num_threads(options.threads)
+    state = prepare(config, options)
+    hooks: list[Callback] = list(callbacks)
+    checkpointer = None
+    if options.checkpoint_dir is not None:
+        checkpointer = Checkpointer(options.checkpoint_dir, options.checkpoint_every)
+        hooks.insert(0, checkpointer)
+    if progress is not None:
+        hooks.append(ProgressCallback(progress))
+    logger.info("run %s: task=%s structure=%s width=%d params=%d train FLOPs/token=%.4g steps=%d on %s (%s)",
+                config.run_id(), config.task, config.structure, config.width, state.params,
+                state.flops_per_token, config.steps, state.device, config.precision)
+    for hook in hooks:
+        hook.on_start(state)
+    _loop(state, hooks)
+    wall = time.perf_counter() - t0
+    result = state.result(wall, checkpointer.resumed_from if checkpointer is not None else None)
+    logger.info("run %s %s in %.1fs (%.1f steps/s)", config.run_id(), state.status, wall,
+                (state.diverged_step or config.steps) / max(wall, 1e-9))
+    for hook in hooks:
+        hook.on_end(state, result)
+    return result
 
-    optimizer, scheduler = make_optimizer(model, config)
 
-    stream = torch.Generator().manual_seed(config.seed)
-    tokens_per_step = config.batch_size * task.tokens_per_example
-    first = _to_model(task.batch(0, config.batch_size, stream), dtype)
-    fwd_per_token = count_forward_flops(model, first[0]) / (first[0].shape[0] * task.tokens_per_example)
-    flops_per_token = 3.0 * fwd_per_token
-
-    def evaluate() -> float | None:
-        if config.eval_batches == 0:
-            return None
-        return task.eval_loss(model, num_batches=config.eval_batches, batch_size=config.batch_size)
-
-    logger.info("run %s: task=%s structure=%s width=%d params=%d train FLOPs/token=%.4g steps=%d",
-                config.run_id(), config.task, config.structure, config.width, params, flops_per_token, config.steps)
-
+def _loop(state: TrainState, hooks: Sequence[Callback]) -> None:
+    """The training loop: from ``state.step + 1`` to ``config.steps``, or until divergence."""
+    config = state.config
     log_at = set(config.log_steps())
     is_moe = config.structure_config().is_moe  # MoE layers add their auxiliary loss
-    points: list[Point] = []
-    status, diverged_step = "finished", None
-    initial_loss: float | None = None
-    window: list[float] = []
-    model.train()
-    for step in range(1, config.steps + 1):
-        batch = first if step == 1 else _to_model(task.batch(step - 1, config.batch_size, stream), dtype)
-        loss = task.loss(model, batch)
-        value = float(loss.detach())
-        if initial_loss is None:
-            initial_loss = value
-            points.append(Point(0, 0, 0.0, value, evaluate()))
-        past_warmup = step > config.warmup_steps
-        if not math.isfinite(value) or (past_warmup and value > config.divergence_factor * initial_loss):
-            status, diverged_step = "diverged", step
-            logger.warning("run %s diverged at step %d: batch loss %.4g (initial %.4g, factor %g)",
-                           config.run_id(), step, value, initial_loss, config.divergence_factor)
-            break
-        optimizer.zero_grad(set_to_none=True)
+    state.model.train()
+    state.start_clock()
+    while state.step < config.steps:
+        step = state.step + 1
+        batch = state.batch(step)
+        with autocast(state.options.device, config.precision):
+            loss = state.task.loss(state.forward_model, batch)
+        task_loss = loss.detach().float()
+        if state.initial_loss is None:  # step 1: the one read before the first log point
+            with state.untimed():
+                state.initial_loss = float(task_loss)
+                state.points.append(Point(0, 0, 0.0, state.initial_loss, state.evaluate(), 0.0))
+        _watch(state, task_loss, step)
+        if step == 1 and not math.isfinite(state.initial_loss):
+            _diverged(state, step, f"batch loss {state.initial_loss}")
+            return
+        state.optimizer.zero_grad(set_to_none=True)
         if is_moe:
-            loss = loss + config.aux_loss_weight * aux_loss(model)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        window.append(value)
-        if progress is not None:
-            progress(step, value)
+            loss = loss + config.aux_loss_weight * aux_loss(state.model)
+        if state.scaler is not None:
+            state.scaler.scale(loss).backward()
+            state.scaler.step(state.optimizer)
+            state.scaler.update()
+        else:
+            loss.backward()
+            state.optimizer.step()
+        state.scheduler.step()
+        state.window_sum += task_loss.double()
+        state.window_count += 1
+        state.step = step
+        if step in log_at or step % SYNC_EVERY == 0:
+            bad = int(state.bad_step)
+            if bad >= 0:
+                _diverged(state, bad, f"batch loss above {config.divergence_factor} x the initial "
+                                      f"{state.initial_loss:.4g}, or not finite")
+                return
         if step in log_at:
-            eval_loss = evaluate()
-            if eval_loss is not None and not math.isfinite(eval_loss):
-                status, diverged_step = "diverged", step
-                logger.warning("run %s diverged at step %d: eval loss %s", config.run_id(), step, eval_loss)
-                break
-            tokens = step * tokens_per_step
-            points.append(Point(step, tokens, flops_per_token * tokens, sum(window) / len(window), eval_loss))
-            window = []
-            logger.info("run %s step %d: train %.4f eval %s", config.run_id(), step, points[-1].train_loss,
-                        "-" if eval_loss is None else f"{eval_loss:.4f}")
+            with state.untimed():
+                if not _log_point(state, step, hooks):
+                    return
+        for hook in hooks:  # after the point: a checkpoint taken here holds it
+            hook.on_step(state)
+    state.status = "finished"
 
-    final = points[-1].eval_loss if status == "finished" and points else None
-    wall = time.perf_counter() - t0
-    logger.info("run %s %s in %.1fs (%.1f steps/s)", config.run_id(), status, wall,
-                (diverged_step or config.steps) / max(wall, 1e-9))
-    return RunResult(config=config, status=status, params=params, flops_per_token=flops_per_token,
-                     points=points, wall_time_s=wall, final_eval_loss=final,
-                     diverged_step=diverged_step, forward_flops_per_token=fwd_per_token)
+
+def _watch(state: TrainState, task_loss: Tensor, step: int) -> None:
+    """Record ``step`` in ``state.bad_step`` (on the device, no read) if its loss diverged."""
+    config = state.config
+    bad = ~torch.isfinite(task_loss)
+    if step > config.warmup_steps and state.initial_loss is not None:
+        bad = bad | (task_loss.double() > config.divergence_factor * state.initial_loss)
+    state.bad_step = torch.where(bad & (state.bad_step < 0), torch.full_like(state.bad_step, step), state.bad_step)
+
+
+def _log_point(state: TrainState, step: int, hooks: Sequence[Callback]) -> bool:
+    """Append the point of ``step`` (False: the eval loss diverged, the run ends)."""
+    eval_loss = state.evaluate()
+    if eval_loss is not None and not math.isfinite(eval_loss):
+        _diverged(state, step, f"eval loss {eval_loss}")
+        return False
+    tokens = step * state.tokens_per_step
+    point = Point(step, tokens, state.flops_per_token * tokens, float(state.window_sum) / state.window_count,
+                  eval_loss, state.elapsed_s)
+    state.points.append(point)
+    state.window_sum.zero_()
+    state.window_count = 0
+    logger.info("run %s step %d: train %.4f eval %s", state.config.run_id(), step, point.train_loss,
+                "-" if eval_loss is None else f"{eval_loss:.4f}")
+    for hook in hooks:
+        hook.on_log(state, point)
+    return True
+
+
+def _diverged(state: TrainState, step: int, why: str) -> None:
+    state.status, state.diverged_step = "diverged", step
+    logger.warning("run %s diverged at step %d: %s", state.config.run_id(), step, why)

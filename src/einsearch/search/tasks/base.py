@@ -87,7 +87,8 @@ class Task(abc.ABC):
 
     @torch.no_grad()
     def eval_loss(self, model: nn.Module, *, num_batches: int = 4, batch_size: int = 128) -> float:
-        """Mean loss over the fixed held-out batches, in eval mode, without gradients."""
+        """Mean loss over the fixed held-out batches, in eval mode, without gradients, on the
+        model's device (under the caller's autocast, if any)."""
         if num_batches < 1 or batch_size < 1:
             raise ValueError(
                 f"eval_loss needs num_batches >= 1 and batch_size >= 1, got {num_batches}, {batch_size}"
@@ -95,11 +96,11 @@ class Task(abc.ABC):
         was_training = model.training
         model.eval()
         try:
-            dtype = _param_dtype(model)
+            dtype, device = _param_dtype(model), _param_device(model)
             total = 0.0
             batches = self.eval_batches(num_batches, batch_size)
             for x, y in batches:
-                total += float(self.loss(model, (_cast(x, dtype), _cast(y, dtype))))
+                total += float(self.loss(model, (_cast(x, dtype).to(device), _cast(y, dtype).to(device))))
             return total / len(batches)
         finally:
             model.train(was_training)
@@ -116,6 +117,12 @@ def _param_dtype(model: nn.Module) -> torch.dtype:
         if p.is_floating_point():
             return p.dtype
     return torch.get_default_dtype()
+
+
+def _param_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
 
 
 def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
