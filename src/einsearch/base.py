@@ -23,7 +23,33 @@ from ._checks import check_positive_int
 if TYPE_CHECKING:
     from .plan import AxisSizes, EinsumPlan
 
-__all__ = ["StructuredLinear", "LayerCost", "CORE_NAMES", "GAIN_NAMES", "plan_core", "describe_sizes"]
+__all__ = ["StructuredLinear", "LayerCost", "CORE_NAMES", "GAIN_NAMES", "plan_core", "describe_sizes",
+           "autocast_dtype", "LOW_PRECISION"]
+
+#: the dtypes autocast computes matrix products in
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def autocast_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype autocast runs ``x``'s matrix products in, or None (autocast off for x's device,
+    a device autocast does not know, such as ``meta``, or x not floating point)."""
+    if not x.is_floating_point():
+        return None
+    kind = x.device.type
+    try:
+        if not torch.is_autocast_enabled(kind):
+            return None
+        return torch.get_autocast_dtype(kind)
+    except RuntimeError:  # "unknown device type for autocast"
+        return None
+
+
+def as_compute_dtype(t: Tensor, x: Tensor) -> Tensor:
+    """``t`` in ``x``'s dtype when ``x`` is a low-precision compute copy (autocast's cast of a
+    float32 weight), else ``t`` unchanged (other mismatches fail as nn.Linear's do)."""
+    if x.dtype in LOW_PRECISION and t.dtype != x.dtype and t.is_floating_point():
+        return t.to(x.dtype)
+    return t
 
 #: parameter names of the two cores, in plan order (A, B)
 CORE_NAMES: tuple[str, str] = ("core_a", "core_b")
@@ -148,8 +174,10 @@ class StructuredLinear(nn.Module):
             for gain in GAIN_NAMES.values():
                 getattr(self, gain).fill_(1.0)
 
-    def effective_cores(self) -> tuple[Tensor, Tensor]:
-        """(core_a, core_b) as used in the forward pass (after the optional einsum norm)."""
+    def effective_cores(self, like: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(core_a, core_b) as used in the forward pass (after the optional einsum norm, which
+        is computed in the cores' own dtype); with ``like`` a low-precision compute input (under
+        autocast), cast to its dtype afterwards."""
         a, b = self.core_a, self.core_b
         if self.einsum_norm:
             trainable = self.core_names()
@@ -157,6 +185,8 @@ class StructuredLinear(nn.Module):
                 a = self._normalized(a, "core_a")
             if "core_b" in trainable:
                 b = self._normalized(b, "core_b")
+        if like is not None:
+            a, b = as_compute_dtype(a, like), as_compute_dtype(b, like)
         return a, b
 
     def _normalized(self, core: Tensor, name: str) -> Tensor:
@@ -176,14 +206,26 @@ class StructuredLinear(nn.Module):
         raise NotImplementedError
 
     def _apply_2d(self, x: Tensor, fn) -> Tensor:
-        """The shell: width check, flatten the leading dims, ``fn``, bias, restore the leading dims."""
+        """The shell: width check, flatten the leading dims, ``fn``, bias, restore the leading dims.
+
+        Under autocast the layer behaves like ``nn.Linear``: the input is cast to the autocast
+        dtype, ``fn`` runs with autocast off on that copy (cores cast by ``effective_cores(x2)``
+        after the einsum norm, which stays in float32), the bias is added in that dtype and the
+        output is in it; gradients reach the float32 parameters through the casts.
+        """
         if x.shape[-1] != self.d_in:
             raise ValueError(f"{type(self).__name__} expected input of width d_in={self.d_in} in its "
                              f"last dimension, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
-        y = fn(x.reshape(-1, self.d_in))
+        x2 = x.reshape(-1, self.d_in)
+        low = autocast_dtype(x2)
+        if low is None:
+            y = fn(x2)
+        else:
+            with torch.autocast(x2.device.type, enabled=False):
+                y = fn(x2.to(low))
         if self.bias is not None:
-            y = y + self.bias
+            y = y + as_compute_dtype(self.bias, y)
         return y.reshape(*lead, self.d_out)
 
     # -------------------------------------------------------------------- cost

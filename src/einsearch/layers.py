@@ -195,7 +195,7 @@ class EinsumLinear(StructuredLinear):
 
     # ----------------------------------------------------------------- forward
     def _forward_2d(self, x2: Tensor) -> Tensor:
-        a, b = self.effective_cores()
+        a, b = self.effective_cores(x2)
         if self.fast:
             from . import fast  # local import: optional acceleration layer
 

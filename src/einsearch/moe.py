@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_positive_int
-from .base import LayerCost, StructuredLinear, plan_core
+from .base import LOW_PRECISION, LayerCost, StructuredLinear, as_compute_dtype, autocast_dtype, plan_core
 from .functional import crop_output, pad_input
 from .mup import width_multiplier
 from .plan import AxisSizes, EinsumPlan, make_plan
@@ -117,7 +117,17 @@ class Router(nn.Module):
         self.weight = nn.Parameter(torch.zeros(num_experts, d_in, device=device, dtype=dtype))
 
     def forward(self, x2: Tensor) -> Routing:
-        logits = F.linear(x2, self.weight)
+        """Route the rows of ``x2`` (n, d_in). With a low-precision input (under autocast) the
+        logits are computed in float32 ("selective precision", as Switch Transformers do:
+        routing decisions and the softmax are where low precision hurts); gates come back in
+        ``x2``'s dtype."""
+        if autocast_dtype(x2) is not None:  # called under autocast: decide in float32 all the same
+            with torch.autocast(x2.device.type, enabled=False):
+                logits = F.linear(x2.float(), self.weight.float())
+        elif x2.dtype in LOW_PRECISION:
+            logits = F.linear(x2.float(), self.weight.float())
+        else:
+            logits = F.linear(x2, self.weight)
         top_logits, expert = logits.topk(self.top_k, dim=-1)
         gate = torch.softmax(top_logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         return Routing(expert, gate.to(x2.dtype), logits, router_aux_loss(logits, expert, self.num_experts))
@@ -327,7 +337,7 @@ class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
         s = self.sizes
         A, B, G, D, Eo, Fi = s.alpha, s.beta, s.gamma, s.delta, s.epsilon, s.phi
         n = xp.shape[0]
-        a, b = self.effective_cores()
+        a, b = self.effective_cores(xp)
         # (E, gamma, alpha, delta*phi) and (E, phi, beta*gamma, epsilon): one small copy each
         cores_a = a.permute(4, 1, 0, 2, 3).reshape(s.rho, G, A, D * Fi).unbind(0)
         cores_b = b.permute(4, 3, 0, 1, 2).reshape(s.rho, Fi, B * G, Eo).unbind(0)
@@ -446,20 +456,29 @@ class MoEFFN(_HoldsAuxLoss, nn.Module):
                 "router.weight": 1.0}
 
     def forward(self, x: Tensor) -> Tensor:
+        """(..., width) -> (..., width). Under autocast the experts run in the autocast dtype
+        (output in it, like an ``nn.Linear`` MLP), the router in float32."""
         if x.shape[-1] != self.width:
             raise ValueError(f"MoEFFN expected input of width {self.width} in its last dimension, "
                              f"got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.width)
+        low = autocast_dtype(x2)
+        if low is None:
+            return self._forward_2d(x2).reshape(*lead, self.width)
+        with torch.autocast(x2.device.type, enabled=False):
+            return self._forward_2d(x2.to(low)).reshape(*lead, self.width)
+
+    def _forward_2d(self, x2: Tensor) -> Tensor:
         routing = self.router(x2)
         self.aux_loss = routing.aux
         groups = _dispatch(routing)
         tokens = [t for _, t, _ in groups]
-        w_fc, w_proj = self.w_fc.unbind(0), self.w_proj.unbind(0)  # one gradient buffer each
+        # one gradient buffer each; cast (under autocast) before the split, once per forward
+        w_fc, w_proj = as_compute_dtype(self.w_fc, x2).unbind(0), as_compute_dtype(self.w_proj, x2).unbind(0)
         pieces = [(F.gelu(x_e @ w_fc[e]) @ w_proj[e]) * gate.unsqueeze(-1)
                   for (e, _, gate), x_e in zip(groups, _gather(x2, 0, tokens))]
-        y = _scatter((x2.shape[0], self.width), 0, tokens, pieces, x2)
-        return y.reshape(*lead, self.width)
+        return _scatter((x2.shape[0], self.width), 0, tokens, pieces, x2)
 
     def expert_flops(self) -> int:
         return 2 * 2 * self.width * self.hidden

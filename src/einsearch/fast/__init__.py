@@ -13,8 +13,9 @@ candidates on first use and caching the choice per machine (docs/design.md secti
 * ``cache.py``: the on-disk cache (``EINSEARCH_CACHE_DIR``);
 * ``buffers.py``: the reused-buffer pool (no process-wide allocator change on import).
 
-Under autocast, for mixed or non-floating dtypes, non-2-D inputs, zero tokens or inside
-``torch.compile`` tracing, the reference path runs.
+Under autocast (a structured layer casts to the autocast dtype and calls in with autocast off,
+so this is only a direct call under autocast), for mixed or non-floating dtypes, non-2-D
+inputs, zero tokens or inside ``torch.compile`` tracing, the reference path runs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..base import autocast_dtype
 from ..functional import einsum_linear_reference
 from ..plan import EinsumPlan
 from .alloc import tune_cpu_allocator
@@ -44,7 +46,7 @@ __all__ = [
 def einsum_linear(x: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan) -> Tensor:
     """(n, d_in) -> (n, d_out); same contract (values and gradients) as ``einsum_linear_reference``."""
     if (x.dim() != 2 or x.shape[0] == 0 or x.dtype != a.dtype or x.dtype != b.dtype
-            or not x.dtype.is_floating_point or torch.is_autocast_enabled(x.device.type)
+            or not x.dtype.is_floating_point or autocast_dtype(x) is not None
             or torch.compiler.is_compiling()):
         return einsum_linear_reference(x, a, b, plan)
     return get_planner().select(plan, x, a, b).run(x, a, b, plan)
