@@ -19,16 +19,20 @@ Modes (``EINSEARCH_PLANNER``, read once, when the first plan is made; or ``confi
 * ``patient``: as ``measure``, plus ``torch.compile`` variants where a C++ compiler works
   (compiling costs tens of seconds per plan; meant for ``einsearch tune``).
 
-Planning is skipped (the estimate is used, and not cached) inside ``torch.compile`` tracing or
+On a GPU every timed call is bracketed by ``torch.cuda.synchronize``, and a choice is keyed by
+the GPU's model and compute capability (``device_label``), in bf16 and fp32 alike (the dtype
+is part of the key). Planning is skipped (the estimate is used, and not cached) inside ``torch.compile`` tracing or
 under a dispatch mode such as ``FlopCounterMode``, whose counts must not include the timing
 runs. Every decision is logged (logger ``einsearch.fast``) and listed by ``planner_report()``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import re
 import statistics
 import threading
 import time
@@ -111,8 +115,27 @@ def _entry(plan: EinsumPlan, dtype: torch.dtype, device: torch.device, tokens: i
            train: bool) -> str:
     s = plan.sizes
     sizes = "x".join(str(v) for v in (s.alpha, s.beta, s.gamma, s.delta, s.epsilon, s.phi, s.rho))
-    return (f"{sizes}|{plan.first}|{plan.d_in}x{plan.d_out}|{str(dtype).replace('torch.', '')}|{device.type}"
-            f"|n{tokens}|t{threads}|{'train' if train else 'infer'}")
+    return (f"{sizes}|{plan.first}|{plan.d_in}x{plan.d_out}|{str(dtype).replace('torch.', '')}"
+            f"|{device_label(device)}|n{tokens}|t{threads}|{'train' if train else 'infer'}")
+
+
+@functools.lru_cache(maxsize=16)
+def device_label(device: torch.device) -> str:
+    """The device part of a cache entry: ``cpu`` (the cache file is per CPU model already), or
+    for a GPU its model and compute capability (``cuda[NVIDIA-H100-80GB-HBM3;sm90]``), so one
+    cache shared by machines with different GPUs keeps a choice per GPU model."""
+    if device.type != "cuda":
+        return device.type
+    props = torch.cuda.get_device_properties(device)
+    name = re.sub(r"[^A-Za-z0-9]+", "-", props.name).strip("-")
+    return f"cuda[{name};sm{props.major}{props.minor}]"
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (CUDA kernels run asynchronously: a timer read without
+    this measures the launch, not the kernel)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class Planner:
@@ -206,12 +229,14 @@ class Planner:
         inputs = [t for t in (x, a, b) if t.requires_grad]
 
         def step(c: Candidate) -> None:
+            _sync(device)
             if train:
                 with torch.enable_grad():
                     torch.autograd.grad(c.run(x, a, b, plan), inputs, dy)
             else:
                 with torch.no_grad():
                     c.run(x, a, b, plan)
+            _sync(device)
 
         times: dict[str, list[float]] = {}
         failed: dict[str, str] = {}
