@@ -186,3 +186,60 @@ with LocalExecutor(2) as ex:
     for p in leftover:
         os.kill(p, signal.SIGKILL)
     assert not leftover, f"workers {leftover} outlived their driver"
+
+
+# ------------------------------------------------------------------------------------------
+# placing runs on accelerators (fake device lists: the placement logic needs no GPU)
+
+
+def where_train(config, options=None, progress=None):
+    """Reports the device its options named and the worker process it ran in."""
+    r = fake_train(config, options, progress)
+    r.environment = {"device": options.device, "pid": os.getpid()}
+    return r
+
+
+def test_local_workers_are_pinned_to_their_gpus():
+    from einsearch.search.config import RunOptions
+
+    configs = _configs(widths=(16, 32, 48, 64), data="sleep:0.05")
+    with LocalExecutor(None, devices=["cuda:0", "cuda:1"], runs_per_gpu=2) as ex:
+        assert ex.concurrency == 4 and ex.worker_devices() == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+        outs = list(ex.run(configs, where_train, options=RunOptions(device="cuda:0")))
+    assert all(o.status == "ok" for o in outs) and len(outs) == len(configs)
+    device_of: dict[int, set[str]] = {}
+    for o in outs:
+        device_of.setdefault(o.payload.environment["pid"], set()).add(o.payload.environment["device"])
+    assert all(len(d) == 1 for d in device_of.values())  # a worker keeps its GPU for life
+    per_gpu: dict[str, int] = {}
+    for (d,) in device_of.values():
+        per_gpu[d] = per_gpu.get(d, 0) + 1
+    assert set(per_gpu) <= {"cuda:0", "cuda:1"} and all(n <= 2 for n in per_gpu.values())
+
+
+def test_one_gpu_in_process():
+    from einsearch.search.config import RunOptions
+
+    with LocalExecutor(None, devices=["cuda:3"]) as ex:
+        assert ex.concurrency == 1
+        (out,) = list(ex.run(_configs(("dense",), (16,)), where_train, options=RunOptions()))
+    assert out.payload.environment["device"] == "cuda:3"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(jobs=3, devices=["cuda:0", "cuda:1"]), "set --runs-per-gpu instead of --jobs"),
+    (dict(jobs=None, devices=["cpu"]), "CUDA device texts"),
+    (dict(jobs=None, devices=["cuda:0"], runs_per_gpu=0), "runs_per_gpu must be a positive integer"),
+])
+def test_bad_gpu_placement_is_refused(kwargs, message):
+    jobs = kwargs.pop("jobs")
+    with pytest.raises(ValueError, match=message):
+        LocalExecutor(jobs, **kwargs)
+
+
+def test_ray_tasks_ask_for_their_gpu_share():
+    ex = get_executor("ray", None, devices=["cuda:0"], runs_per_gpu=4)
+    assert ex.remote_options()["num_gpus"] == 0.25 and ex.remote_options()["num_cpus"] == 1
+    assert "num_gpus" not in get_executor("ray", 2).remote_options()
+    with pytest.raises(ValueError, match="num_gpus_per_run"):
+        RayExecutor(num_gpus_per_run=1.5)

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["PRECISIONS", "DEVICE_CHOICES", "resolve_device", "check_precision", "autocast_dtype",
-           "autocast", "make_grad_scaler", "visible_gpus", "device_description"]
+__all__ = ["PRECISIONS", "DEVICE_CHOICES", "resolve_device", "placement", "check_precision", "autocast_dtype",
+           "autocast", "make_grad_scaler", "visible_gpus", "device_description", "device_memory"]
 
 #: run precisions: float32, or autocast to bfloat16 / float16 with float32 parameters
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -64,6 +64,18 @@ def resolve_device(device: Any = "auto", *, gpus: int | None = None) -> str:
     raise ValueError(f"--device must be one of auto, cpu, cuda, cuda:N, got {device!r}")
 
 
+def placement(device: Any = "auto", *, gpus: int | None = None) -> list[str]:
+    """The devices a sweep's runs go to for ``--device``: every visible GPU for ``auto`` (with
+    GPUs) and ``cuda``, the one GPU of ``cuda:N``, else ``["cpu"]``. ``gpus`` overrides the
+    number of visible CUDA devices (tests); errors as :func:`resolve_device`."""
+    first = resolve_device(device, gpus=gpus)
+    text = str(device).strip().lower()
+    if first == "cpu" or ":" in text:
+        return [first]
+    count = visible_gpus() if gpus is None else gpus
+    return [f"cuda:{i}" for i in range(count)]
+
+
 def check_precision(precision: Any, device: str = "cpu") -> str:
     """``precision`` if ``device`` (a resolved device text) can run it, else ValueError."""
     if precision not in PRECISIONS:
@@ -72,7 +84,7 @@ def check_precision(precision: Any, device: str = "cpu") -> str:
     if kind == "cpu" and precision == "fp16":
         raise ValueError("--precision fp16 needs a GPU: CPU autocast has no float16 matrix "
                          "products worth training with; use bf16 on the CPU")
-    if kind == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+    if kind == "cuda" and precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(torch.device(device))} "
                          "has no bfloat16 support; use fp16")
     return precision
@@ -99,6 +111,15 @@ def make_grad_scaler(device: str, precision: str) -> Any:
     if precision != "fp16":
         return None
     return torch.amp.GradScaler(torch.device(device).type)
+
+
+def device_memory(device: str) -> int:
+    """Bytes of memory of ``device``: a GPU's total memory, or the machine's physical RAM."""
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    import os
+
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def device_description(device: str) -> str:

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
@@ -91,10 +91,26 @@ def _set_threads(threads: int) -> None:
             pass
 
 
-def _init_worker(threads: int = 1, parent_pid: int | None = None) -> None:
+#: the device this worker process is pinned to (set by ``_init_worker``; None: as options say)
+_WORKER_DEVICE: str | None = None
+
+
+def _init_worker(threads: int = 1, parent_pid: int | None = None, devices: Any = None) -> None:
+    """Worker start: torch threads, the parent watch, and (GPU runs) one device from the
+    ``devices`` queue, which holds each GPU ``runs_per_gpu`` times: the worker keeps it for life."""
+    global _WORKER_DEVICE
     _set_threads(threads)
+    if devices is not None:
+        _WORKER_DEVICE = devices.get()
     if parent_pid is not None:
         _exit_with_parent(parent_pid)
+
+
+def _pinned(options: Any) -> Any:
+    """``options`` with this worker's device, when it is pinned to one."""
+    if _WORKER_DEVICE is None or options is None or getattr(options, "device", None) == _WORKER_DEVICE:
+        return options
+    return options.replace(device=_WORKER_DEVICE)
 
 
 def _exit_with_parent(parent_pid: int, period_s: float = 1.0) -> None:
@@ -120,7 +136,7 @@ def _run_one(config: Any, options: Any, train_fn: Callable | None,
     start = time.perf_counter()
     try:
         fn = train_fn or _default_train()
-        return "ok", fn(config, options), time.perf_counter() - start
+        return "ok", fn(config, _pinned(options)), time.perf_counter() - start
     except Exception:  # noqa: BLE001 - any trainer error becomes a recorded failure
         return "failed", traceback.format_exc(limit=20), time.perf_counter() - start
 
@@ -169,6 +185,10 @@ class LocalExecutor(Executor):
     """This machine: in-process for ``jobs=1``, else ``jobs`` spawned worker processes with
     ``threads_per_run`` torch threads each (default 1: ``jobs`` workers fill ``jobs`` cores).
 
+    On GPUs (``devices=["cuda:0", "cuda:1", ...]``): ``runs_per_gpu`` workers per device, each
+    pinned to its device for life (a run's ``RunOptions.device`` is replaced by its worker's),
+    so ``jobs = len(devices) * runs_per_gpu``.
+
     A worker that dies breaks the whole process pool and every run in flight with it. Those
     runs become suspects: the pool is replaced and each suspect runs alone, so a death is
     attributed to the right run; that run is retried alone up to ``max_retries`` times, and
@@ -177,11 +197,23 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def __init__(self, jobs: int = 1, *, max_retries: int = DEFAULT_MAX_RETRIES,
-                 threads_per_run: int = 1):
-        check_positive_int(jobs, "jobs")
+    def __init__(self, jobs: int | None = 1, *, max_retries: int = DEFAULT_MAX_RETRIES,
+                 threads_per_run: int = 1, devices: Sequence[str] | None = None, runs_per_gpu: int = 1):
         check_positive_int(threads_per_run, "threads_per_run")
-        self.jobs = jobs
+        check_positive_int(runs_per_gpu, "runs_per_gpu")
+        self.devices = list(devices) if devices else []
+        for d in self.devices:
+            if not isinstance(d, str) or not d.startswith("cuda:"):
+                raise ValueError(f"devices must be CUDA device texts such as 'cuda:0', got {d!r}")
+        if self.devices:
+            per_gpu = len(self.devices) * runs_per_gpu
+            if jobs is not None and jobs != per_gpu:
+                raise ValueError(f"jobs={jobs}: on GPUs the executor runs runs_per_gpu={runs_per_gpu} "
+                                 f"worker(s) on each of {len(self.devices)} device(s) = {per_gpu}; "
+                                 "set --runs-per-gpu instead of --jobs")
+            jobs = per_gpu
+        self.jobs = check_positive_int(1 if jobs is None else jobs, "jobs")
+        self.runs_per_gpu = runs_per_gpu
         self.max_retries = _check_retries(max_retries)
         self.threads_per_run = threads_per_run
 
@@ -190,7 +222,14 @@ class LocalExecutor(Executor):
         return self.jobs
 
     def describe(self) -> str:
+        if self.devices:
+            return (f"local ({self.jobs} worker processes: {self.runs_per_gpu} on each of "
+                    f"{', '.join(self.devices)})")
         return "local (in-process)" if self.jobs == 1 else f"local ({self.jobs} worker processes)"
+
+    def worker_devices(self) -> list[str]:
+        """The device of each worker slot (empty on the CPU)."""
+        return [d for d in self.devices for _ in range(self.runs_per_gpu)]
 
     def run(self, configs: Iterable[Any], train_fn: Callable | None = None,
             progress: Progress | None = None, options: Any | None = None) -> Iterator[RunOutcome]:
@@ -198,6 +237,8 @@ class LocalExecutor(Executor):
         if not todo:
             return iter(())
         if self.jobs == 1:
+            if self.devices and options is not None:
+                options = options.replace(device=self.devices[0])
             return self._serial(todo, train_fn, progress, options)
         return self._parallel(todo, train_fn, options)
 
@@ -233,9 +274,14 @@ class LocalExecutor(Executor):
                 cfg, time.perf_counter())
 
         def new_pool() -> cf.ProcessPoolExecutor:
+            devices = None
+            if self.devices:  # each new pool's workers take their GPUs afresh
+                devices = ctx.Queue()
+                for d in self.worker_devices():
+                    devices.put(d)
             return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
                                           initializer=_init_worker,
-                                          initargs=(self.threads_per_run, os.getpid()))
+                                          initargs=(self.threads_per_run, os.getpid(), devices))
 
         pool = new_pool()
         in_flight: dict[cf.Future, tuple[Any, float]] = {}
@@ -344,12 +390,17 @@ class RayExecutor(Executor):
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, *,
                  max_retries: int = DEFAULT_MAX_RETRIES, num_cpus_per_run: int = 1,
-                 connect_timeout: float = RAY_CONNECT_TIMEOUT_S):
+                 num_gpus_per_run: float = 0.0, connect_timeout: float = RAY_CONNECT_TIMEOUT_S):
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise ValueError(f"address must be a non-empty string or None, got {address!r}")
         if num_cpus is not None:
             check_int(num_cpus, "num_cpus", minimum=1, expected="a positive integer or None")
         check_positive_int(num_cpus_per_run, "num_cpus_per_run")
+        g = num_gpus_per_run
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or g < 0 or (g > 1 and g != int(g)):
+            raise ValueError(f"num_gpus_per_run must be 0 (CPU runs), a fraction of one GPU in (0, 1] or a "
+                             f"whole number of GPUs, got {num_gpus_per_run!r}")
+        self.num_gpus_per_run = float(num_gpus_per_run)
         try:
             import ray  # noqa: F401
         except ImportError:
@@ -383,13 +434,35 @@ class RayExecutor(Executor):
             raise ValueError(f"cannot connect to the Ray cluster at {self.address!r}: {err}") from None
         self._started = self._owns_init = True
 
+    def remote_options(self) -> dict[str, Any]:
+        """The resources and retries each run's Ray task asks for (``ray.remote(...).options``):
+        its CPUs and, for GPU runs, its share of a GPU (Ray then sets CUDA_VISIBLE_DEVICES, so
+        the run's ``cuda:0`` is its own GPU)."""
+        opts: dict[str, Any] = {"num_cpus": self.num_cpus_per_run, "max_retries": self.max_retries,
+                                "retry_exceptions": False}
+        if self.num_gpus_per_run > 0:
+            opts["num_gpus"] = self.num_gpus_per_run
+        return opts
+
+    def check_resources(self) -> None:
+        """Raise ValueError when GPU runs are asked of a cluster without GPUs (before any run)."""
+        self._ensure()
+        import ray
+
+        if self.num_gpus_per_run > 0 and ray.cluster_resources().get("GPU", 0) < min(1.0, self.num_gpus_per_run):
+            raise ValueError(f"--device cuda on Ray: the cluster at {self.address or 'localhost'} has no GPU "
+                             f"(resources {ray.cluster_resources()})")
+
     @property
     def concurrency(self) -> int:
         self._ensure()
         import ray
 
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        return max(1, cpus // self.num_cpus_per_run)
+        resources = ray.cluster_resources()
+        slots = int(resources.get("CPU", 1)) // self.num_cpus_per_run
+        if self.num_gpus_per_run > 0:
+            slots = min(slots, int(resources.get("GPU", 0) / self.num_gpus_per_run))
+        return max(1, slots)
 
     def describe(self) -> str:
         where = self.address or "a local cluster on 127.0.0.1"
@@ -407,9 +480,7 @@ class RayExecutor(Executor):
         import ray
         from ray.exceptions import RayError
 
-        task = ray.remote(_ray_task).options(num_cpus=self.num_cpus_per_run,
-                                             max_retries=self.max_retries,
-                                             retry_exceptions=False)
+        task = ray.remote(_ray_task).options(**self.remote_options())
         fn_ref = ray.put(train_fn)
         refs = {task.remote(cfg, options, fn_ref, self.num_cpus_per_run): (cfg, time.perf_counter())
                 for cfg in todo}
@@ -441,19 +512,22 @@ class RayExecutor(Executor):
             self._owns_init = self._started = False
 
 
-def get_executor(name: str = "local", jobs: int = 1, address: str | None = None, *,
-                 max_retries: int = DEFAULT_MAX_RETRIES) -> Executor:
-    """``"local"`` -> :class:`LocalExecutor` (``jobs`` processes); ``"ray"`` ->
-    :class:`RayExecutor` on ``address`` (None: a local cluster with ``jobs`` CPUs when
-    ``jobs > 1``, else all CPUs). Bad names, an ``address`` for the local executor and an
+def get_executor(name: str = "local", jobs: int | None = 1, address: str | None = None, *,
+                 max_retries: int = DEFAULT_MAX_RETRIES, devices: Sequence[str] | None = None,
+                 runs_per_gpu: int = 1) -> Executor:
+    """``"local"`` -> :class:`LocalExecutor` (``jobs`` processes, or ``runs_per_gpu`` per device
+    of ``devices``); ``"ray"`` -> :class:`RayExecutor` on ``address`` (None: a local cluster with
+    ``jobs`` CPUs when ``jobs > 1``, else all CPUs), each run asking for 1 / ``runs_per_gpu`` of a
+    GPU when ``devices`` are GPUs. Bad names, an ``address`` for the local executor and an
     unreachable Ray address raise ValueError here, before anything runs."""
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; expected one of {', '.join(EXECUTORS)}")
+    check_positive_int(runs_per_gpu, "runs_per_gpu")
     if name == "local":
         if address is not None:
             raise ValueError(f"--address {address!r} is for the ray executor; "
                              "add --executor ray or drop --address")
-        return LocalExecutor(jobs, max_retries=max_retries)
-    check_positive_int(jobs, "jobs")
+        return LocalExecutor(jobs, max_retries=max_retries, devices=devices, runs_per_gpu=runs_per_gpu)
+    jobs = 1 if jobs is None else check_positive_int(jobs, "jobs")
     return RayExecutor(address, num_cpus=jobs if address is None and jobs > 1 else None,
-                       max_retries=max_retries)
+                       max_retries=max_retries, num_gpus_per_run=1.0 / runs_per_gpu if devices else 0.0)
