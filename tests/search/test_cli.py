@@ -90,3 +90,55 @@ def test_report_options_reach_the_report(tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert main(["report", str(tmp_path), "--task", "charlm"]) == 2
     assert "no runs of task 'charlm'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cuda"], "CUDA is not available on this machine"),
+    (["--device", "cuda:1"], "CUDA is not available on this machine"),
+    (["--device", "tpu"], "--device must be one of auto, cpu, cuda, cuda:N"),
+    (["--device", "cpu", "--precision", "fp16"], "fp16 needs a GPU"),
+])
+def test_a_device_or_precision_the_machine_lacks_fails_before_anything_is_written(argv, message, capsys,
+                                                                                   tmp_path):
+    import torch
+
+    if torch.cuda.is_available():  # a GPU machine: the same logic is checked with fake device counts
+        from einsearch.search.device import placement
+
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            placement("cuda", gpus=0)
+        return
+    out = tmp_path / "out"
+    assert main(["search", "--preset", "tiny", "--out", str(out), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_tiny_search_in_bf16_end_to_end(tmp_path, capsys):
+    import json
+
+    from einsearch.search.store import ResultStore
+
+    out = tmp_path / "out"
+    assert main(["search", "--preset", "tiny", "--precision", "bf16", "--device", "cpu", "--out", str(out),
+                 "--quiet", "--checkpoint-every", "0"]) == 0
+    with ResultStore(out / "results.sqlite") as st:
+        runs = st.runs()
+        assert runs and {r.precision for r in runs} == {"bf16"} and {r.device for r in runs} == {"cpu"}
+        assert all(r.execution["threads"] >= 1 and r.execution["device_name"] for r in runs)
+        assert all(p.elapsed_s is not None for pts in st.all_points().values() for p in pts)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["structures"] and "bf16" in (out / "report.md").read_text()
+    printed = capsys.readouterr().out
+    assert "bf16" in printed and "device cpu" in printed
+
+
+def test_device_placement_from_fake_gpu_counts():
+    from einsearch.search.device import placement, resolve_device
+
+    assert placement("auto", gpus=0) == ["cpu"] and placement("cpu", gpus=4) == ["cpu"]
+    assert placement("auto", gpus=2) == ["cuda:0", "cuda:1"] == placement("cuda", gpus=2)
+    assert placement("cuda:1", gpus=2) == ["cuda:1"]
+    with pytest.raises(ValueError, match=r"2 CUDA device\(s\)"):
+        resolve_device("cuda:2", gpus=2)

@@ -270,3 +270,23 @@ def test_seeds_option_overrides_the_preset_seeds(tmp_path, capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("dense ")]
     assert rows and all("7,9" in r for r in rows)
     assert not out.exists()
+
+
+def test_a_run_that_does_not_fit_its_device_is_reported_before_it_starts():
+    from einsearch.search.costmodel import TRAIN_BYTES_PER_PARAM, memory_per_run
+    from einsearch.search.runplan import check_memory
+    from einsearch.search.spec import load_spec
+
+    spec = load_spec("tiny")
+    need = check_memory(spec, 2**40, "cuda:0")
+    _, model = build_model(TrainConfig(task="regression", structure="dense", width=32))
+    params = sum(p.numel() for p in model.parameters())
+    assert need["dense"] > TRAIN_BYTES_PER_PARAM * params  # weights, grads, moments + activations
+    small = memory_per_run("regression", "dense", 32, {"batch_size": 32})
+    assert memory_per_run("regression", "dense", 32, {"batch_size": 64}) > small
+    assert memory_per_run("regression", "dense", 32, {"batch_size": 64, "precision": "bf16"}) < \
+        memory_per_run("regression", "dense", 32, {"batch_size": 64})
+    with pytest.raises(ValueError, match=r"needs about .* GiB .* cuda:0 has"):
+        check_memory(spec, min(need.values()) - 1, "cuda:0")
+    with pytest.raises(ValueError, match="shared by 4 runs"):
+        check_memory(spec, int(max(need.values()) * 2), "cuda:0", runs_per_device=4)

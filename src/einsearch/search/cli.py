@@ -6,7 +6,9 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from einsearch import make_plan, resolve_structure, structure_names, taxonomy
 from einsearch._checks import check_int
@@ -133,35 +135,74 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_options(args: argparse.Namespace, out: str) -> tuple[RunOptions, str]:
-    """(execution options, precision) of ``search`` / ``explore``, checked before anything is
-    written: ``--device cuda`` without CUDA, or a precision the device cannot run, raise here."""
-    from .device import check_precision, resolve_device
+@dataclass
+class _Placement:
+    """Where and how ``search`` / ``explore`` run: options for every run, the precision (part of
+    the runs' identity) and the GPUs the executor places workers on (empty: the CPU)."""
 
-    device = resolve_device(args.device)
-    precision = check_precision(args.precision, device)
+    options: RunOptions
+    precision: str
+    gpus: list[str]
+
+    def check_memory(self, spec: Any, args: argparse.Namespace) -> None:
+        """Every planned run fits its device: a GPU's memory shared by ``--runs-per-gpu`` runs,
+        or the machine's RAM shared by ``--jobs`` runs (raises before anything is written)."""
+        from .device import device_memory
+        from .runplan import check_memory
+
+        device = self.gpus[0] if self.gpus else "cpu"
+        if args.executor == "ray":
+            return  # the cluster's machines are not this one
+        per_device = args.runs_per_gpu if self.gpus else (args.jobs or 1)
+        check_memory(spec, min(device_memory(d) for d in (self.gpus or ["cpu"])), device, per_device)
+
+    def executor(self, args: argparse.Namespace) -> Any:
+        from .executors import get_executor
+
+        ex = get_executor(args.executor, args.jobs, args.address, devices=self.gpus or None,
+                          runs_per_gpu=args.runs_per_gpu)
+        if self.gpus and hasattr(ex, "check_resources"):
+            ex.check_resources()  # a Ray cluster without GPUs fails here, before anything is written
+        return ex
+
+
+def _placement(args: argparse.Namespace, out: str) -> _Placement:
+    """Checked before anything is written: ``--device cuda`` without CUDA, an unknown GPU, or a
+    precision the device cannot run raise here. On Ray, ``cuda`` means each task's own GPU
+    (the driver itself needs none)."""
+    from .device import check_precision, placement
+
+    on_ray_gpus = args.executor == "ray" and str(args.device).strip().lower().startswith("cuda")
+    gpus = ["cuda:0"] if on_ray_gpus else [d for d in placement(args.device) if d != "cpu"]
+    device = gpus[0] if gpus else "cpu"
+    precision = args.precision if on_ray_gpus else check_precision(args.precision, device)
+    if args.jobs is not None and gpus and not on_ray_gpus:
+        raise ValueError(f"--jobs {args.jobs}: on GPUs each device runs --runs-per-gpu workers "
+                         f"({len(gpus)} device(s): {', '.join(gpus)}); drop --jobs")
     folder = None if args.checkpoint_every == 0 else str(Path(out) / CHECKPOINT_FOLDER)
-    return RunOptions(device=device, compile=args.compile, checkpoint_dir=folder,
-                      checkpoint_every=args.checkpoint_every), precision
+    options = RunOptions(device=device, compile=args.compile, checkpoint_dir=folder,
+                         checkpoint_every=args.checkpoint_every)
+    return _Placement(options, precision, gpus)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from .executors import get_executor
     from .runplan import format_lr_check, format_run_table, lr_check
     from .spec import load_spec
     from .sweep import format_outcome, run_sweep
 
     out = args.out or f"runs/{args.preset}"
-    options, precision = _run_options(args, out)
+    where = _placement(args, out)
+    options = where.options
     spec = load_spec(args.preset, task=args.task, structures=args.structures, widths=args.widths,
                      steps=args.steps, data=args.data, seeds=args.seeds,
-                     precision=None if args.precision == "fp32" else precision)
+                     precision=None if where.precision == "fp32" else where.precision)
     spec.check_buildable()  # every (structure, width) builds, before anything is written
+    where.check_memory(spec, args)  # and fits on its device
     if args.dry_run:
         print(format_run_table(spec))
         return 0
     # a bad executor name or an unreachable Ray address fails here, before anything is written
-    with get_executor(args.executor, args.jobs, args.address) as executor:
+    with where.executor(args) as executor:
         if args.lr_check:
             print(f"einsearch search --lr-check: preset {args.preset!r} on {executor.describe()} -> "
                   f"{out}/lr_check", flush=True)
@@ -182,11 +223,11 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     out = args.out or f"runs/explore_{name.removeprefix('explore_')}"
     print(f"einsearch explore: preset {name!r}, {args.trials} trials, objective {args.objective} "
           f"-> {out}", flush=True)
-    options, precision = _run_options(args, out)
-    outcome = explore(name, out, trials=args.trials, jobs=args.jobs, executor=args.executor,
-                      address=args.address, storage=args.storage, timeout=args.timeout,
-                      objective=args.objective, show_progress=not args.quiet, options=options,
-                      precision=None if precision == "fp32" else precision)
+    where = _placement(args, out)
+    with where.executor(args) as executor:
+        outcome = explore(name, out, trials=args.trials, executor=executor, storage=args.storage,
+                          timeout=args.timeout, objective=args.objective, show_progress=not args.quiet,
+                          options=where.options, precision=None if where.precision == "fp32" else where.precision)
     cmp_ = (outcome.summary or {}).get("comparison")
     print(f"{outcome.trials_run} trials this run ({outcome.trials_total} in study "
           f"{outcome.study_name!r}), {outcome.runs_trained} runs trained, {outcome.runs_failed} "
@@ -210,6 +251,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    metavar="SECONDS", help="save a mid-run checkpoint under OUT/checkpoints this often "
                    f"(default {DEFAULT_CHECKPOINT_EVERY_S:g}; 0: no checkpoints); a rerun resumes "
                    "unfinished runs from them")
+    p.add_argument("--runs-per-gpu", type=_positive_int, default=1, metavar="N",
+                   help="on GPUs: N runs share each device (one worker each); default 1")
 
 
 def _add_executor_options(p: argparse.ArgumentParser) -> None:
@@ -272,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seeds", nargs="+", type=_non_negative_int, default=None,
                         help="override the preset's seeds (e.g. to re-run it with other seeds)")
     search.add_argument("--data", default=None, help="text file or directory for charlm")
-    search.add_argument("--jobs", type=_positive_int, default=1, help="parallel worker processes")
+    search.add_argument("--jobs", type=_positive_int, default=None,
+                        help="parallel worker processes on the CPU (default 1; on GPUs see --runs-per-gpu)")
     search.add_argument("--quiet", action="store_true", help="no progress bar")
     search.add_argument("--dry-run", action="store_true",
                         help="print the run table (structure, width, FLOPs/token, steps, seeds, "
@@ -294,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--trials", type=_positive_int, required=True,
                          help="total finished trials the study should hold")
     explore.add_argument("--out", default=None, help="output directory (default: runs/explore_PRESET)")
-    explore.add_argument("--jobs", type=_positive_int, default=1,
+    explore.add_argument("--jobs", type=_positive_int, default=None,
                          help="parallel runs (local worker processes / Ray CPUs)")
     _add_run_options(explore)
     _add_executor_options(explore)

@@ -33,7 +33,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["flops_per_token", "width_candidates", "match_width", "task_for", "MODEL_OPTIONS"]
+__all__ = ["flops_per_token", "width_candidates", "match_width", "task_for", "memory_per_run", "MODEL_OPTIONS",
+           "TRAIN_BYTES_PER_PARAM"]
 
 #: TrainConfig fields that change a model's FLOPs per token (besides task, structure, width)
 MODEL_OPTIONS = ("depth", "block_size", "data", "num_experts", "top_k", "einsum_norm")
@@ -163,3 +164,49 @@ def match_width(target: float, cost: Callable[[int], float], candidates: list[in
         raise ValueError(f"widths: no candidate width in {candidates[0]}..{candidates[-1]} "
                          "can be built")
     return min(usable, key=lambda wv: (abs(math.log(wv[1] / target)), wv[0]))[0]
+
+
+# ------------------------------------------------------------------------------------------
+# memory: is a planned run going to fit on its device?
+
+#: bytes per parameter while training with AdamW in float32: weight, gradient, two moments
+TRAIN_BYTES_PER_PARAM = 16
+
+
+def memory_per_run(task: str, structure: str, width: int, train: Mapping[str, Any] | None = None) -> int:
+    """Estimated peak bytes of one training run: parameters, gradients and AdamW's moments
+    (16 bytes per parameter) plus the activations autograd keeps, estimated as the outputs of
+    every leaf module in a forward on one example (measured on the CPU at batch 1, counting
+    elements, so MoE routing and padding are included) times the batch size, at 2 bytes per
+    element in bf16/fp16 and 4 in fp32. An estimate for a go / no-go check before a sweep, not
+    an allocator's figure: it leaves out workspaces and fragmentation.
+    """
+    import torch
+
+    from .config import TrainConfig
+    from .train import build_model
+
+    train = dict(train or {})
+    opts = {k: train[k] for k in (*MODEL_OPTIONS, "precision") if k in train}
+    cfg = TrainConfig(task=task, structure=structure, width=int(width), **opts)
+    built, model = build_model(cfg, task_for(task, train))
+    params = sum(p.numel() for p in model.parameters())
+    elements = [0]
+
+    def count(module: Any, inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            elements[0] += output.numel()
+
+    # modules that compute: leaves, and modules with weights of their own (a BTT-MoE layer's
+    # output; its router is a leaf)
+    computing = [m for m in model.modules() if not list(m.children()) or list(m.parameters(recurse=False))]
+    handles = [m.register_forward_hook(count) for m in computing]
+    try:
+        with torch.no_grad():
+            model(_example_input(built, "cpu"))
+    finally:
+        for h in handles:
+            h.remove()
+    batch = int(train.get("batch_size", TrainConfig.batch_size))
+    per_element = 2 if cfg.precision in ("bf16", "fp16") else 4
+    return TRAIN_BYTES_PER_PARAM * params + elements[0] * batch * per_element

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_write_text
-from .costmodel import flops_per_token, task_for
+from .costmodel import flops_per_token, memory_per_run, task_for
 from .spec import SweepSpec
 
-__all__ = ["run_table", "format_run_table", "lr_check", "lr_check_spec", "format_lr_check",
+__all__ = ["run_table", "format_run_table", "check_memory", "lr_check", "lr_check_spec", "format_lr_check",
            "LR_CHECK_FACTORS", "LR_CHECK_FRACTION"]
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,25 @@ def format_run_table(spec: SweepSpec) -> str:
     lines.append(f"total training compute {total:.3g} FLOPs ('x dense': FLOPs/token over the "
                  "closest dense width's)")
     return "\n".join(lines)
+
+
+def check_memory(spec: SweepSpec, capacity_bytes: int, where: str, runs_per_device: int = 1) -> dict[str, int]:
+    """Raise ValueError, before anything is trained, when a planned run would not fit: each
+    structure's largest width is estimated (:func:`einsearch.search.costmodel.memory_per_run`)
+    against ``capacity_bytes`` / ``runs_per_device`` (``where`` names the device in the
+    message). Returns the estimate per structure."""
+    budget = capacity_bytes / runs_per_device
+    need = {}
+    for s in spec.structures:
+        w = max(spec.widths_for(s))
+        need[s] = memory_per_run(spec.task, s, w, spec.train)
+        if need[s] > budget:
+            shared = f" shared by {runs_per_device} runs" if runs_per_device > 1 else ""
+            raise ValueError(f"{s} at width {w} needs about {need[s] / 2**30:.2f} GiB to train (batch_size "
+                             f"{spec.train.get('batch_size', 'default')}); {where} has "
+                             f"{capacity_bytes / 2**30:.2f} GiB{shared}. Lower the batch size or the widths"
+                             + (", or run fewer runs per device" if runs_per_device > 1 else ""))
+    return need
 
 
 # ------------------------------------------------------------------------------------------

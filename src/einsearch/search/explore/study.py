@@ -157,14 +157,16 @@ class _Active:
 
 
 def explore(preset: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, trials: int,
-            jobs: int = 1, executor: str = "local", address: str | None = None,
+            jobs: int | None = 1, executor: Any = "local", address: str | None = None,
             storage: str | None = None, timeout: float | None = None,
             objective: str = "multiplier", train_fn: Callable | None = None,
             show_progress: bool = True, options: Any | None = None,
             precision: str | None = None) -> ExploreOutcome:
     """Run (or resume) the search of ``preset`` into ``out_dir``; see the module docstring.
 
-    ``options`` (``RunOptions``: device, threads, checkpoints) go to every run; ``precision``
+    ``executor`` is an executor name (``local`` with ``jobs`` workers, ``ray`` at ``address``)
+    or an :class:`~einsearch.search.executors.Executor` (closed at the end); ``options``
+    (``RunOptions``: device, threads, checkpoints) go to every run; ``precision``
     (``bf16``, ``fp16``) overrides the spec's ``train.precision``. Every argument
     is checked before anything is trained or written: a bad preset, ``trials``
     < 1, a bad ``timeout`` or ``objective``, an unknown executor, an unreachable Ray address
@@ -200,7 +202,8 @@ def _explore(preset, out_dir, *, trials, jobs, executor, address, storage, timeo
         raise ValueError(f"storage must be an Optuna storage URL such as "
                          f"'sqlite:///path/explore.db', got {storage!r}")
     out = Path(out_dir)
-    ex = get_executor(executor, jobs, address)  # unknown name / unreachable Ray: nothing written
+    # unknown name / unreachable Ray: nothing written
+    ex = get_executor(executor, jobs, address) if isinstance(executor, str) else executor
     try:
         study_storage = _open_storage(storage) if storage is not None else None
         out.mkdir(parents=True, exist_ok=True)

@@ -249,6 +249,7 @@ def markdown(rep: Report, summary: dict[str, Any]) -> str:
     else:
         lines += ["No warnings: no width makes up more than half of any frontier.", ""]
     lines += ["## Settings", "",
+              f"- trained: {_execution_text(rep.execution)}",
               f"- loss: {s['loss_description']}",
               f"- transient left out: the first {s['transient_fraction']:.0%} of each run's steps "
               "(and its warmup)",
@@ -260,3 +261,19 @@ def markdown(rep: Report, summary: dict[str, Any]) -> str:
               f"level {s.get('ci_level', 0.95):g}, bootstrap seed {s['bootstrap_seed']}; "
               f"run seeds {s['run_seeds']}", ""]
     return "\n".join(lines)
+
+
+def _execution_text(ex: dict[str, Any]) -> str:
+    """Where the runs trained, in one line: precision, devices, threads, executors."""
+    if not ex or not ex.get("precisions"):
+        return "no finished runs"
+
+    def join(values: Sequence[Any]) -> str:
+        return ", ".join(str(v) for v in values) or "unknown"
+
+    text = (f"precision {join(ex['precisions'])} on {join(ex['devices'])} ({join(ex['device_names'])}), "
+            f"{join(ex['threads'])} torch thread(s) per run, {join(ex['executors'])}")
+    if ex.get("runs_without_record"):
+        text += f"; {ex['runs_without_record']} run(s) recorded before devices were stored (fp32, device unknown)"
+    return text
+

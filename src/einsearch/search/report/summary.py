@@ -26,7 +26,7 @@ from ..analysis import (
 )
 from ..store import ResultStore, RunRow
 
-__all__ = ["StructureInfo", "Report", "build_report", "summary_dict", "check_options", "LOSSES",
+__all__ = ["StructureInfo", "Report", "build_report", "summary_dict", "check_options", "execution_summary", "LOSSES",
            "DEFAULT_BOOTSTRAP"]
 
 LOSSES = ("eval", "train")
@@ -129,6 +129,7 @@ class Report:
     notes: list[str]
     head_to_head: list[dict[str, Any]]
     n_bootstrap: int
+    execution: dict[str, Any] = field(default_factory=dict)
 
     def by_name(self, name: str) -> StructureInfo:
         return next(i for i in self.infos if i.name == name)
@@ -159,7 +160,8 @@ def build_report(store: ResultStore, task: str | None = None, *, loss: str = "ev
     empty, holds several tasks and none was chosen, or has no dense run."""
     check_options(loss, n_bootstrap, transient, offset, reference_loss)
     task = store.resolve_task(task)
-    infos = _infos(store.runs(task=task))
+    runs = store.runs(task=task)
+    infos = _infos(runs)
     dense_rows = [i for i in infos if i.is_dense]
     if not dense_rows:
         raise ValueError(
@@ -233,8 +235,30 @@ def build_report(store: ResultStore, task: str | None = None, *, loss: str = "ev
         return (i is not dense, m is None, -(m or 0.0), i.name)
 
     infos.sort(key=key)
-    return Report(task=task, loss=loss, infos=infos, dense=dense, result=result, curves=curves,
+    execution = execution_summary(runs)
+    if len(execution["precisions"]) > 1:
+        notes.append(f"runs were trained in different precisions {execution['precisions']}: structures "
+                     "compared across precisions are not compared on equal terms")
+    return Report(execution=execution, task=task, loss=loss, infos=infos, dense=dense, result=result, curves=curves,
                    settings=settings, notes=notes, head_to_head=h2h, n_bootstrap=int(n_bootstrap))
+
+
+def execution_summary(runs: Sequence[RunRow]) -> dict[str, Any]:
+    """Where and how the finished runs trained: precisions, devices (and their names), torch
+    threads, executors (with their concurrency), sorted lists of the distinct values; runs
+    recorded before these were stored count as precision fp32 on an unknown device."""
+    done = [r for r in runs if r.status in ("finished", "diverged")]
+
+    def distinct(values: Any) -> list[Any]:
+        return sorted({v for v in values if v is not None}, key=str)
+
+    ex = [r.execution or {} for r in done]
+    return {"precisions": distinct(r.run_precision for r in done),
+            "devices": distinct(r.device for r in done),
+            "device_names": distinct(e.get("device_name") for e in ex),
+            "threads": distinct(e.get("threads") for e in ex),
+            "executors": distinct(e.get("executor") for e in ex),
+            "runs_without_record": sum(r.execution is None for r in done)}
 
 
 def _enough_seeds(sub: Sequence[Curve]) -> bool:
@@ -292,6 +316,7 @@ def summary_dict(rep: Report) -> dict[str, Any]:
             "varies": f"max m / min m over the common loss range > {VARIES_FACTOR:g}",
             "diverged_runs": "recorded, counted, excluded from frontiers",
         },
+        "execution": rep.execution,
         "notes": rep.notes,
         "structures": rows,
         "head_to_head": rep.head_to_head,
