@@ -27,8 +27,10 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/einsearch search --task regression --preset demo --out runs/demo --jobs 2
 
+# make bench: the CPU sections; make bench DEVICE=cuda: the accelerator section on a GPU.
+DEVICE ?= cpu
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py --device $(DEVICE)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -16,6 +16,7 @@ Everything lands in ``benchmarks/results/bench.json``. Medians of interleaved ro
 
     python benchmarks/run.py                 # full run (a few minutes on 2 cores)
     python benchmarks/run.py --quick         # smoke run: small sizes, few repeats
+    python benchmarks/run.py --device cuda   # the accelerator section (``device.py``) on a GPU
 
 The process calls ``einsearch.fast.tune_cpu_allocator()`` first and says so (glibc keeps freed
 blocks above 32 MiB instead of unmapping them; it helps nn.Linear and the reference as much as
@@ -60,7 +61,25 @@ def _parse(argv):
     p.add_argument("--skip-train", action="store_true", help="skip the training-throughput section")
     p.add_argument("--skip-moe", action="store_true", help="skip the BTT-MoE section")
     p.add_argument("--out", type=Path, default=HERE / "results" / "bench.json", help="where to write the JSON")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (the CPU sections, default) or cuda / cuda:N (the accelerator section, device.py)")
+    p.add_argument("--device-section", action="store_true",
+                   help="run the accelerator section on --device even when it is the CPU (a smoke run of its code)")
     return p.parse_args(argv)
+
+
+def _device_main(args) -> dict:
+    import device as device_section  # noqa: PLC0415
+
+    started = time.perf_counter()
+    progress(f"einsearch benchmarks on {args.device}: torch {torch.__version__}")
+    res = device_section.run(args.device, quick=args.quick)
+    device_section.print_result(res)
+    res["seconds"] = time.perf_counter() - started
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2, default=str))
+    progress(f"\nwrote {args.out} ({res['seconds']:.0f} s)")
+    return res
 
 
 def _moe_section(quick: bool) -> dict | None:
@@ -83,6 +102,8 @@ def _moe_section(quick: bool) -> dict | None:
 def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
     torch.set_num_threads(args.threads)
+    if args.device != "cpu" or args.device_section:
+        return _device_main(args)
     tuned = False if args.no_tune_alloc else fast.tune_cpu_allocator()
     planner = fast.configure(mode=args.planner_mode, budget_s=args.planner_budget)
     sizes = args.sizes or ([256, 512] if args.quick else [1024, 4096])
