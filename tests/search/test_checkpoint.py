@@ -119,3 +119,40 @@ def test_a_run_killed_halfway_resumes_and_stores_the_same_curve(tmp_path):
     assert resumed.resumed_from is not None and resumed.resumed_from >= 0.3 * cfg["steps"]
     assert resumed_s < 0.85 * full_s, f"the resumed run took {resumed_s:.2f} s of a full {full_s:.2f} s"
     assert _curve(resumed) == _curve(whole)
+
+
+class _DieAt(Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step(self, state) -> None:
+        if state.step == self.step:
+            os._exit(9)  # the worker process is lost mid-run
+
+
+def die_midway_train(config, options=None, progress=None):
+    """Kills its worker at step 11 on the first attempt (no marker file yet), then trains."""
+    marker = os.path.join(options.checkpoint_dir, f"{config.run_id()}.died")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        return train(config, options, progress, callbacks=[_DieAt(11)])
+    return train(config, options, progress)
+
+
+def test_a_worker_lost_mid_run_resumes_from_the_checkpoint(tmp_path):
+    from einsearch.search.executors import LocalExecutor
+
+    configs = [TrainConfig(**{**TINY, "steps": 24, "seed": s}) for s in (0, 1)]
+    options = RunOptions(checkpoint_dir=str(tmp_path), checkpoint_every=1e-9, threads=1)
+    with LocalExecutor(2, threads_per_run=1) as ex:
+        outs = {o.config.seed: o for o in ex.run(configs, die_midway_train, options=options)}
+        # uninterrupted references, trained the same way (worker processes, one thread each)
+        whole = {o.config.seed: o.payload for o in ex.run(configs, train, options=RunOptions(threads=1))}
+    # the worker that died at step 11 breaks the pool: the run beside it is lost too, mid-way
+    # (it resumes from its own checkpoint) or before its first step (it starts over)
+    resumed = sorted((o.payload.resumed_from or 0) for o in outs.values())
+    assert resumed[-1] == 11 and 0 <= resumed[0] <= 11
+    for cfg in configs:
+        out = outs[cfg.seed]
+        assert out.status == "ok" and out.attempts >= 2, out.payload
+        assert _curve(out.payload) == _curve(whole[cfg.seed])
