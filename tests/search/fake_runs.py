@@ -139,7 +139,7 @@ def true_m(law: dict, loss: float) -> float:
 def make_scaling_result(structure: str, width: int, seed: int, law: dict, *, steps: int = 400,
                         n_points: int = 24, sigma_seed: float = 0.02, sigma_point: float = 0.004,
                         transient: float = 1.0, task: str = "regression",
-                        lr: float = 3e-3) -> FakeResult:
+                        lr: float = 3e-3, seconds_per_flop: float | None = None) -> FakeResult:
     """One run whose curve, once its transient has died, lies on ``law`` (:func:`scaling_law`):
 
         C_t = 6 * 4 width^2 / cost * 128 t,
@@ -147,6 +147,8 @@ def make_scaling_result(structure: str, width: int, seed: int, law: dict, *, ste
 
     logged (train and eval) on ``n_points`` log-spaced steps, z ~ N(0, 1) drawn from a stable
     per-(structure, width, seed) generator. The frontier over widths is then the law itself.
+    With ``seconds_per_flop`` each point records ``elapsed_s = C_t * seconds_per_flop`` (a known
+    speed, so the time multiplier is m x dense's seconds per FLOP / this one's).
     """
     cfg = FakeConfig(task=task, structure=structure, width=width, seed=seed, steps=steps, lr=lr)
     params = int(4 * width * width / law.get("cost", 1.0))
@@ -160,5 +162,6 @@ def make_scaling_result(structure: str, width: int, seed: int, law: dict, *, ste
         c = fpt * tokens
         loss = law["a"] * c ** -law["b"] * (1.0 + transient * np.exp(-step / (0.05 * steps)))
         loss *= float(np.exp(shift + rng.normal(0.0, sigma_point)))
-        points.append(Point(int(step), tokens, c, loss, loss))
+        elapsed = None if seconds_per_flop is None else c * seconds_per_flop
+        points.append(Point(int(step), tokens, c, loss, loss, elapsed))
     return FakeResult(cfg, "finished", params, fpt, points, 0.01, points[-1].eval_loss)

@@ -105,7 +105,7 @@ from .scaling import PowerLaw, pareto_frontier
 
 __all__ = [
     "Curve", "FrontierPoints", "MultiplierCurve", "LossLevel", "StructureAnalysis",
-    "AnalysisResult", "analyze", "curves_from_store", "select_lrs", "seed_averaged_curves",
+    "AnalysisResult", "analyze", "curves_from_store", "select_lrs", "seed_averaged_curves", "AXES",
     "t_quantile", "DEFAULT_TRANSIENT_FRACTION", "AIC_MARGIN", "VARIES_FACTOR", "MIN_SEEDS_FOR_INTERVAL",
 ]
 
@@ -200,18 +200,29 @@ class Curve:
         return float(self.final_loss) if self.final_loss is not None else float(self.loss[-1])
 
 
-def curves_from_store(store: Any, task: str | None = None, loss: str = "eval") -> list[Curve]:
+#: what a curve's x axis holds: cumulative training FLOPs, or training seconds (the time multiplier)
+AXES = ("compute", "time")
+
+
+def curves_from_store(store: Any, task: str | None = None, loss: str = "eval",
+                      axis: str = "compute") -> list[Curve]:
     """The finished runs of ``task`` in a results store (a ``ResultStore`` or a path to one)
     as :class:`Curve` records.
 
     ``loss="eval"``: the held-out loss at the steps where it was logged (runs without any are
     left out, with a logged warning); ``loss="train"``: the mean training loss per logging
-    window. Points with compute <= 0 (step 0) are dropped.
+    window. ``axis="compute"``: x is cumulative training FLOPs; ``axis="time"``: x is the
+    training seconds since the run's first step (``Point.elapsed_s``), and runs recorded without
+    them are left out (the caller compares counts to say so). Every estimate downstream is the
+    same code whichever the axis: with time, ``compute_multiplier`` reads as t(L) = T_dense(L) /
+    T_S(L). Points at x <= 0 (step 0) are dropped.
     """
     from .store import ResultStore  # lazy: the estimator itself never needs the store
 
     if loss not in ("eval", "train"):
         raise ValueError(f"loss must be 'eval' or 'train', got {loss!r}")
+    if axis not in AXES:
+        raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
     own = isinstance(store, (str, os.PathLike))
     if own:
         store = ResultStore(store)
@@ -221,10 +232,12 @@ def curves_from_store(store: Any, task: str | None = None, loss: str = "eval") -
         task = store.resolve_task(task)
         out = []
         for run, points in store.load(task=task, status="finished"):
-            pairs = [(p.step, p.compute, p.eval_loss if loss == "eval" else p.train_loss)
-                     for p in points if p.compute > 0]
-            pairs = [(s, c, lo) for s, c, lo in pairs
-                     if lo is not None and math.isfinite(lo) and lo > 0]
+            if axis == "time" and any(p.elapsed_s is None for p in points):
+                continue
+            pairs = [(p.step, p.compute if axis == "compute" else p.elapsed_s,
+                      p.eval_loss if loss == "eval" else p.train_loss) for p in points]
+            pairs = [(s, x, lo) for s, x, lo in pairs
+                     if x is not None and x > 0 and lo is not None and math.isfinite(lo) and lo > 0]
             if not pairs:
                 logger.warning("run %s has no %s loss points; left out", run.run_id, loss)
                 continue

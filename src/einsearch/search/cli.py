@@ -268,7 +268,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     summary = write_report(args.dir, task=args.task, loss=args.loss, n_bootstrap=args.bootstrap,
                            transient=args.transient, offset=args.offset,
-                           reference_loss=args.reference_loss)
+                           reference_loss=args.reference_loss, time_from_bench=args.time_from_bench)
     print(f"wrote {args.dir}/report.md, summary.json and plots for task {summary['task']!r} "
           f"({len(summary['structures'])} structures)")
     return 0
@@ -369,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--reference-loss", type=_positive_float, default=None, metavar="L",
                         help="loss of the headline multiplier (default: per structure, the lowest "
                         "loss both it and dense reach)")
+    report.add_argument("--time-from-bench", action="store_true",
+                        help="time multiplier from each (structure, width) model's training speed measured "
+                        "now, side by side in one process, instead of the runs' recorded times (for "
+                        "sweeps whose runs shared the machine)")
     report.set_defaults(func=_cmd_report)
 
     tune = sub.add_parser("tune", help="plan ahead: time the fast path's candidate programs, cache the choices",

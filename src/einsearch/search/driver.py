@@ -100,7 +100,8 @@ def drive(store: ResultStore, executor: Executor, configs: Iterable[Any], *,
         for sink in sinks:
             sink.on_progress(config, step, loss)
 
-    execution = {"executor": executor.describe(), "concurrency": executor.concurrency}
+    execution = {"executor": executor.describe(), "concurrency": executor.concurrency,
+                 "runs_per_device": executor.runs_per_device}
     try:
         for outcome in executor.run(todo, train_fn, progress, options):
             cfg = outcome.config

@@ -156,6 +156,11 @@ class Executor(abc.ABC):
         """How many runs this executor trains at once (the explore loop sizes batches by it)."""
         return 1
 
+    @property
+    def runs_per_device(self) -> int | None:
+        """Runs sharing one GPU (None: CPU runs), recorded with each run's times."""
+        return None
+
     @abc.abstractmethod
     def run(self, configs: Iterable[Any], train_fn: Callable | None = None,
             progress: Progress | None = None, options: Any | None = None) -> Iterator[RunOutcome]:
@@ -226,6 +231,10 @@ class LocalExecutor(Executor):
             return (f"local ({self.jobs} worker processes: {self.runs_per_gpu} on each of "
                     f"{', '.join(self.devices)})")
         return "local (in-process)" if self.jobs == 1 else f"local ({self.jobs} worker processes)"
+
+    @property
+    def runs_per_device(self) -> int | None:
+        return self.runs_per_gpu if self.devices else None
 
     def worker_devices(self) -> list[str]:
         """The device of each worker slot (empty on the CPU)."""
@@ -443,6 +452,10 @@ class RayExecutor(Executor):
         if self.num_gpus_per_run > 0:
             opts["num_gpus"] = self.num_gpus_per_run
         return opts
+
+    @property
+    def runs_per_device(self) -> int | None:
+        return max(1, round(1 / self.num_gpus_per_run)) if self.num_gpus_per_run > 0 else None
 
     def check_resources(self) -> None:
         """Raise ValueError when GPU runs are asked of a cluster without GPUs (before any run)."""

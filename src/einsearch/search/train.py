@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -108,7 +109,8 @@ class RunResult:
     step (``None`` when the run diverged or evaluation is off); ``diverged_step``: the update at
     which divergence was detected; ``device``: where it trained; ``resumed_from``: the step of
     the checkpoint it resumed from (None: it started at step 0); ``environment``: what its
-    times were measured under (device name, torch threads, torch version, compile).
+    times were measured under (device name, torch threads, the machine's cores, torch version,
+    compile).
     """
 
     config: TrainConfig
@@ -288,7 +290,9 @@ class TrainState:
 
     def result(self, wall_time_s: float, resumed_from: int | None = None) -> RunResult:
         final = self.points[-1].eval_loss if self.status == "finished" and self.points else None
-        environment = {"device_name": device_description(str(self.device)), "threads": torch.get_num_threads(),
+        environment = {"device": str(self.device), "device_name": device_description(str(self.device)),
+                       "threads": torch.get_num_threads(),
+                       "cpus": os.cpu_count(),
                        "torch": torch.__version__, "compile": self.options.compile, "resumed_from": resumed_from}
         return RunResult(config=self.config, status=self.status, params=self.params,
                          flops_per_token=self.flops_per_token, points=self.points, wall_time_s=wall_time_s,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,10 +14,12 @@ from ..analysis import seed_averaged_curves
 from .fmt import ci_text, fmt
 from .summary import Report
 
-__all__ = ["render_plots", "PLOT_NAMES"]
+__all__ = ["render_plots", "PLOT_NAMES", "TIME_PLOT"]
 
 PLOT_NAMES = ("loss_vs_compute.png", "multiplier_vs_loss.png", "multipliers.png",
               "taxonomy_omega.png", "taxonomy_psi.png", "taxonomy_nu.png")
+#: loss against training seconds, written when every run recorded its training time
+TIME_PLOT = "loss_vs_time.png"
 _TAX_LABELS = {
     "omega": ("ω", "parameter sharing ω = log_d(FLOPs / params)"),
     "psi": ("ψ", "rank exponent ψ (rank ~ d^ψ)"),
@@ -78,23 +81,48 @@ def _bottom_labels(flat: Sequence[Any], n: int, ncol: int, label: str) -> None:
             flat[k].set_xlabel(label, fontsize=9)
 
 
-def _panel_title(name: str, s: dict[str, Any], dense: bool) -> str:
+@dataclass(frozen=True)
+class _Axis:
+    """What the loss curves are plotted against: training FLOPs (m) or training seconds (t)."""
+
+    name: str          # "compute" or "time"
+    label: str         # the x label
+    symbol: str        # the multiplier's letter
+    key: str           # its summary key
+
+    def curves(self, rep: Report) -> list:
+        return rep.curves if self.name == "compute" else rep.time_curves
+
+    def analysis(self, i: Any) -> Any:
+        return i.analysis if self.name == "compute" else i.time_analysis
+
+
+COMPUTE = _Axis("compute", "training FLOPs", "m", "compute_multiplier")
+TIME = _Axis("time", "training seconds", "t", "time_multiplier")
+
+
+def _panel_title(name: str, s: dict[str, Any], dense: bool, axis: _Axis = COMPUTE,
+                 exponent: float | None = None) -> str:
+    b = s["exponent"] if axis is COMPUTE else exponent
     if dense:
-        return f"{name} (reference), b = {fmt(s['exponent'], 2)}"
-    if s["compute_multiplier"] is None:
+        return f"{name} (reference), b = {fmt(b, 2)}"
+    if s[axis.key] is None:
         return f"{name}: no multiplier"
-    ci = ci_text(s["compute_multiplier_ci"]) or "(no interval)"
-    return (f"{name}: m = {fmt(s['compute_multiplier'], 2)}× {ci}\n"
-            f"at L = {fmt(s['reference_loss'])}, b = {fmt(s['exponent'], 2)}")
+    ci = ci_text(s[axis.key + "_ci"]) or "(no interval)"
+    ref = s["reference_loss"] if axis is COMPUTE else s["time_reference_loss"]
+    return (f"{name}: {axis.symbol} = {fmt(s[axis.key], 2)}× {ci}\n"
+            f"at L = {fmt(ref)}, b = {fmt(b, 2)}")
 
 
-def _plot_loss_vs_compute(rep: Report, summ: dict[str, dict[str, Any]]) -> bytes:
+def _plot_loss_vs_compute(rep: Report, summ: dict[str, dict[str, Any]], axis: _Axis = COMPUTE) -> bytes:
+    """One panel per structure (seed-averaged runs, frontier, law in its window against
+    dense's) and one of all laws, against training FLOPs or (``axis=TIME``) seconds."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     colors = _colors(rep)
-    mean = seed_averaged_curves(rep.curves)
+    mean = seed_averaged_curves(axis.curves(rep))
     items = [rep.dense] + [i for i in rep.infos if not i.is_dense]
     n = len(items) + (1 if len(items) > 1 else 0)
     ncol = 2 if n == 4 else min(3, n)
@@ -106,7 +134,7 @@ def _plot_loss_vs_compute(rep: Report, summ: dict[str, dict[str, Any]]) -> bytes
     if len(items) > 1:
         ax0, panels = flat[0], flat[1:]
         for i in items:
-            a = i.analysis
+            a = axis.analysis(i)
             if a is None or a.law is None or a.window is None:
                 continue
             c, lo = _law_line(a.law, a.window)
@@ -120,7 +148,7 @@ def _plot_loss_vs_compute(rep: Report, summ: dict[str, dict[str, Any]]) -> bytes
         col = colors[i.name]
         for _w, c, lo in mean.get(i.name, []):
             ax.plot(c, lo, color=col if not i.is_dense else "grey", alpha=0.35, lw=0.9)
-        a = i.analysis
+        a = axis.analysis(i)
         if a is not None and a.frontier is not None and len(a.frontier):
             f = a.frontier
             inside = f.in_window(a.window)
@@ -135,18 +163,19 @@ def _plot_loss_vs_compute(rep: Report, summ: dict[str, dict[str, Any]]) -> bytes
                 c, lo = _law_line(a.law, a.window)
                 ax.plot(c, lo, color=col, lw=2.2, ls="--" if i.is_dense else "-")
         _loglog(ax)
-        ax.set_title(_panel_title(i.name, summ[i.name], i.is_dense), fontsize=8.5)
+        ax.set_title(_panel_title(i.name, summ[i.name], i.is_dense, axis,
+                                  None if a is None or a.law is None else a.law.b), fontsize=8.5)
     for ax in flat[n:]:
         ax.set_visible(False)
     # the transient is shown but does not own the y range: frontiers get most of the height
-    fl = [i.analysis.frontier.loss for i in items if i.analysis is not None
-          and i.analysis.frontier is not None and len(i.analysis.frontier)]
+    fl = [axis.analysis(i).frontier.loss for i in items if axis.analysis(i) is not None
+          and axis.analysis(i).frontier is not None and len(axis.analysis(i).frontier)]
     if fl and flat[0].get_yscale() == "log":
         lo_y, hi_y = min(float(x.min()) for x in fl), max(float(x.max()) for x in fl)
         top = min(flat[0].get_ylim()[1], hi_y * 2.5)
         flat[0].set_ylim(lo_y * 0.85, top)
         _plain_log_ticks(flat[0].yaxis)
-    _bottom_labels(flat, n, ncol, "training FLOPs")
+    _bottom_labels(flat, n, ncol, axis.label)
     for ax in axes[:, 0]:
         ax.set_ylabel(rep.loss + " loss", fontsize=9)
     handles = [Line2D([], [], color="grey", alpha=0.5, lw=0.9, label="seed-averaged run (one per width)"),
@@ -154,8 +183,9 @@ def _plot_loss_vs_compute(rep: Report, summ: dict[str, dict[str, Any]]) -> bytes
                Line2D([], [], marker="o", ls="none", mfc="none", mec="grey", ms=4, label="frontier point outside"),
                Line2D([], [], color="grey", lw=2.2, label="fitted law (inside window)"),
                Line2D([], [], color="black", lw=1.4, ls="--", label="dense's law, same window"),
-               Patch(color="grey", alpha=0.15, label="common compute window")]
-    fig.suptitle(f"{rep.task}: loss vs training compute", fontsize=11)
+               Patch(color="grey", alpha=0.15, label=f"common {axis.name} window")]
+    fig.suptitle(f"{rep.task}: loss vs {axis.label}" + (
+        "" if axis is COMPUTE else f" ({_time_conditions(rep)})"), fontsize=11)
     fig.tight_layout(rect=(0, 0.06 if nrow > 1 else 0.1, 1, 1))
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     return _png(fig)
@@ -360,6 +390,12 @@ def _plot_taxonomy(rep: Report, summ: dict[str, dict[str, Any]], key: str) -> by
     return _png(fig)
 
 
+def _time_conditions(rep: Report) -> str:
+    t = rep.time
+    names = ", ".join(str(x) for x in t.get("device_names") or []) or "device unknown"
+    return names + (", indicative: runs shared the machine" if t.get("indicative") else "")
+
+
 def render_plots(rep: Report, summary: dict[str, Any]) -> dict[str, bytes]:
     summ = {r["name"]: r for r in summary["structures"]}
     out = {"loss_vs_compute.png": _plot_loss_vs_compute(rep, summ),
@@ -367,4 +403,6 @@ def render_plots(rep: Report, summary: dict[str, Any]) -> dict[str, bytes]:
            "multipliers.png": _plot_multipliers(rep, summ)}
     for key in ("omega", "psi", "nu"):
         out[f"taxonomy_{key}.png"] = _plot_taxonomy(rep, summ, key)
+    if rep.time.get("available"):
+        out[TIME_PLOT] = _plot_loss_vs_compute(rep, summ, TIME)
     return out

@@ -209,6 +209,7 @@ def markdown(rep: Report, summary: dict[str, Any]) -> str:
                          f"{fmt(h['exponent_delta'], 2)} | {levels or 'n/a'} |")
         lines += ["", "Same estimator as against dense, with the reference in dense's place "
                   "(> 1: the first needs less compute for the same loss).", ""]
+    lines += _time_section(rep, summary)
     lines += ["## Figures", "",
               "### Loss vs compute", "",
               "Faint: seed-averaged runs; dots: frontier points (hollow: outside the window); "
@@ -219,6 +220,9 @@ def markdown(rep: Report, summary: dict[str, Any]) -> str:
               "reference loss. Loss decreases to the right.", "",
               "![multiplier vs loss](multiplier_vs_loss.png)", "",
               "### Headline multipliers", "", "![compute multipliers](multipliers.png)", "",
+              *(["### Loss vs training time", "", "The same estimator with training seconds on the x axis "
+                 "(evaluation and checkpoints excluded).", "", "![loss vs time](loss_vs_time.png)", ""]
+                if rep.time.get("available") else []),
               "### Taxonomy", "",
               "![m against omega](taxonomy_omega.png)", "",
               "![m against psi](taxonomy_psi.png)", "",
@@ -276,4 +280,44 @@ def _execution_text(ex: dict[str, Any]) -> str:
     if ex.get("runs_without_record"):
         text += f"; {ex['runs_without_record']} run(s) recorded before devices were stored (fp32, device unknown)"
     return text
+
+
+def _time_section(rep: Report, summary: dict[str, Any]) -> list[str]:
+    """Compute and time multipliers side by side, and what they say together."""
+    t = rep.time
+    lines = ["## Time", ""]
+    if not t.get("available"):
+        return lines + [f"No time multiplier: {t.get('why', 'no training times recorded')}.", ""]
+    where = (f"measured on {', '.join(map(str, t['device_names'] or [])) or 'an unknown device'}, "
+             f"{', '.join(map(str, t['threads'] or [])) or '?'} torch thread(s) per run, "
+             f"{', '.join(map(str, t['executors'] or [])) or 'unknown executor'}")
+    if t.get("indicative"):
+        where += f". Indicative only: runs shared the machine ({t['why']})"
+    else:
+        where += f", assuming {t['assumes']}"
+    lines += [f"t(L) = T_dense(L) / T_S(L): how many times less training time than dense S needs to reach "
+              f"loss L, {where}. The compute multiplier m counts FLOPs, t counts seconds: t / m below 1 means "
+              "the structure's FLOPs run slower than dense's on this machine.", "",
+              "| structure | m (compute) [95% CI] | t (time) [95% CI] | t / m | reading |", "|---|---|---|---|---|"]
+    for r in summary["structures"]:
+        if r["is_dense"]:
+            continue
+        m, tm = r["compute_multiplier"], r["time_multiplier"]
+        cm = f"{fmt(m)} {ci_text(r['compute_multiplier_ci']) or '(no interval)'}" if m is not None else "n/a"
+        ct = f"{fmt(tm)} {ci_text(r['time_multiplier_ci']) or '(no interval)'}" if tm is not None else "n/a"
+        ratio = fmt(tm / m) if m and tm else "n/a"
+        lines.append(f"| {md(r['name'])} | {cm} | {ct} | {ratio} | {_time_reading(m, tm)} |")
+    return lines + [""]
+
+
+def _time_reading(m: float | None, t: float | None) -> str:
+    if m is None or t is None:
+        return "no estimate"
+    if m > 1 and t < 1:
+        return "saves compute but costs time here"
+    if m > 1 and t > 1:
+        return "saves compute and time"
+    if m <= 1 and t > 1:
+        return "costs compute but saves time here"
+    return "costs compute and time"
 

@@ -60,6 +60,7 @@ class StructureInfo:
     diverged_runs: int
     failed_runs: int
     analysis: StructureAnalysis | None = None
+    time_analysis: StructureAnalysis | None = None   # the same estimator on training seconds
     notes: list[str] = field(default_factory=list)
 
 
@@ -130,6 +131,8 @@ class Report:
     head_to_head: list[dict[str, Any]]
     n_bootstrap: int
     execution: dict[str, Any] = field(default_factory=dict)
+    time: dict[str, Any] = field(default_factory=dict)   # availability and conditions of t(L)
+    time_curves: list[Curve] = field(default_factory=list)
 
     def by_name(self, name: str) -> StructureInfo:
         return next(i for i in self.infos if i.name == name)
@@ -155,9 +158,11 @@ def build_report(store: ResultStore, task: str | None = None, *, loss: str = "ev
                  n_bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0,
                  transient: float = DEFAULT_TRANSIENT_FRACTION,
                  offset: None | str | float = None,
-                 reference_loss: float | None = None) -> Report:
+                 reference_loss: float | None = None, time_from_bench: bool = False) -> Report:
     """Analyse ``task`` in ``store`` (nothing written). Raises ``ValueError`` when the store is
-    empty, holds several tasks and none was chosen, or has no dense run."""
+    empty, holds several tasks and none was chosen, or has no dense run. ``time_from_bench``:
+    the time multiplier from the compute curves and each model's speed measured now, side by
+    side in this process (:mod:`einsearch.search.timing`), instead of the recorded times."""
     check_options(loss, n_bootstrap, transient, offset, reference_loss)
     task = store.resolve_task(task)
     runs = store.runs(task=task)
@@ -239,8 +244,69 @@ def build_report(store: ResultStore, task: str | None = None, *, loss: str = "ev
     if len(execution["precisions"]) > 1:
         notes.append(f"runs were trained in different precisions {execution['precisions']}: structures "
                      "compared across precisions are not compared on equal terms")
+    if time_from_bench:
+        time_curves, time = _bench_times(runs, curves)
+    else:
+        time_curves = curves_from_store(store, task=task, loss=loss, axis="time")
+        time = time_conditions(runs, execution, timed=len(time_curves), total=len(curves))
+    if time["available"] and dense.name in present:
+        time_result = analyze(time_curves, dense=dense.name, **opts)
+        for i in infos:
+            i.time_analysis = time_result.structures.get(i.name)
+    elif not time["available"]:
+        notes.append(time["why"])
     return Report(execution=execution, task=task, loss=loss, infos=infos, dense=dense, result=result, curves=curves,
-                   settings=settings, notes=notes, head_to_head=h2h, n_bootstrap=int(n_bootstrap))
+                  settings=settings, notes=notes, head_to_head=h2h, n_bootstrap=int(n_bootstrap), time=time,
+                  time_curves=time_curves)
+
+
+def _bench_times(runs: Sequence[RunRow], curves: Sequence[Curve]) -> tuple[list[Curve], dict[str, Any]]:
+    import os
+
+    import torch
+
+    from ..device import device_description
+    from ..timing import BENCH_ROUNDS, seconds_per_flop, time_curves
+
+    speed = seconds_per_flop(runs)
+    return time_curves(curves, speed), {
+        "available": True, "source": "bench", "indicative": False, "why": "",
+        "devices": ["cpu"], "device_names": [device_description("cpu")], "threads": [torch.get_num_threads()],
+        "executors": [f"this process, every model timed round-robin ({BENCH_ROUNDS} rounds, medians)"],
+        "cpus": [os.cpu_count()], "seconds_per_gflop": {f"{s} w={w}": 1e9 * v for (s, w), v in sorted(speed.items())},
+        "assumes": "nothing else ran on the machine while the models were timed (round-robin timing "
+                   "makes load hit them alike)"}
+
+
+def time_conditions(runs: Sequence[RunRow], execution: dict[str, Any], *, timed: int, total: int) -> dict[str, Any]:
+    """Whether a time multiplier exists (every finished run recorded its training seconds) and
+    under which conditions its times were measured; ``indicative`` when runs shared the
+    machine (more runs x threads than cores, or several runs per GPU) or the conditions are
+    unknown."""
+    if total == 0 or timed < total:
+        why = ("no time multiplier: " + (f"{total - timed} of {total} finished runs were recorded without training "
+                                          "times (stores written before einsearch recorded them)" if total else
+                                          "no finished runs"))
+        return {"available": False, "why": why}
+    ex = [r.execution or {} for r in runs if r.status in ("finished", "diverged")]
+    shared, reasons = False, []
+    for e in ex:
+        cpus, threads, jobs = e.get("cpus"), e.get("threads"), e.get("concurrency")
+        if cpus is None or threads is None or jobs is None:
+            shared = True
+            reasons.append("the number of cores, threads or concurrent runs was not recorded")
+        elif str(e.get("device", "cpu")).startswith("cuda"):
+            if (e.get("runs_per_device") or 1) > 1:
+                shared = True
+                reasons.append(f"{e['runs_per_device']} runs shared each GPU")
+        elif jobs * threads > cpus:
+            shared = True
+            reasons.append(f"{jobs} concurrent runs x {threads} thread(s) on {cpus} cores")
+    return {"available": True, "indicative": shared, "why": "; ".join(dict.fromkeys(reasons)),
+            "devices": execution.get("devices"), "device_names": execution.get("device_names"),
+            "threads": execution.get("threads"), "executors": execution.get("executors"),
+            "cpus": sorted({e["cpus"] for e in ex if e.get("cpus")}),
+            "assumes": "nothing else ran on the machine while the runs trained"}
 
 
 def execution_summary(runs: Sequence[RunRow]) -> dict[str, Any]:
@@ -294,6 +360,9 @@ def summary_dict(rep: Report) -> dict[str, Any]:
             s["diagnostics"] = {"warnings": [], "notes": []}
         s["diagnostics"]["notes"] = list(i.notes) + list(s["diagnostics"].get("notes", []))
         row.update(s)
+        t = i.time_analysis.to_summary() if i.time_analysis is not None else _empty_summary()
+        row.update({"time_multiplier": t["compute_multiplier"], "time_multiplier_ci": t["compute_multiplier_ci"],
+                    "time_reference_loss": t["reference_loss"], "time_multiplier_by_loss": t["multiplier_by_loss"]})
         rows.append(row)
     return {
         "task": rep.task,
@@ -314,9 +383,13 @@ def summary_dict(rep: Report) -> dict[str, Any]:
             "exponent": "b of L = E + a C^-b on the structure's frontier inside the window",
             "exponent_delta": "b_S - b_dense, dense fitted in the same window",
             "varies": f"max m / min m over the common loss range > {VARIES_FACTOR:g}",
+            "time_multiplier": ("t(L) = T_dense(L) / T_S(L): the same estimator (windows, seed average, "
+                                "intervals) with training seconds on the x axis instead of FLOPs; > 1: S "
+                                "reaches loss L in less training time than dense on the machine in 'time'"),
             "diverged_runs": "recorded, counted, excluded from frontiers",
         },
         "execution": rep.execution,
+        "time": rep.time,
         "notes": rep.notes,
         "structures": rows,
         "head_to_head": rep.head_to_head,
