@@ -217,7 +217,10 @@ def test_mup_lr_multipliers_and_init_scale():
     groups = {n: g["lr"] for g in param_groups(layer, 1.0, base_width=32, width=64) for n in g["names"]}
     assert groups["core_a"] == pytest.approx(monarch.lr_multiplier("core_a") * 0.5)
     assert groups["core_b"] == pytest.approx(monarch.lr_multiplier("core_b") * 0.5)
-    assert groups["router.weight"] == 1.0 and groups["bias"] == 1.0
+    assert groups["router.weight"] == 0.5 and groups["bias"] == 1.0  # the router follows muP too
+    plain = BTTMoELinear(64, 64, 8, 2, router_lr="plain")
+    groups = {n: g["lr"] for g in param_groups(plain, 1.0, base_width=32, width=64) for n in g["names"]}
+    assert groups["router.weight"] == 1.0
     # every expert alone has the output scale of a Monarch layer; so does the gated mix
     x = torch.randn(4096, 64)
     rms = layer(x).pow(2).mean().sqrt()
@@ -291,7 +294,7 @@ def test_structurize_btt_moe_on_a_small_model():
     model = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 3))
     nn.init.zeros_(model[2].weight)
     summary = structurize(model, "btt_moe", num_experts=4, top_k=2, einsum_norm=True)
-    assert summary.structure == "btt_moe(num_experts=4, top_k=2)"
+    assert summary.structure == "btt_moe(num_experts=4, top_k=2, router_lr=mup, router_init=zero)"
     assert [r.name for r in summary.layers] == ["0", "2"] and summary.skipped == ["4"]
     first, second = model[0], model[2]
     assert isinstance(first, BTTMoELinear) and isinstance(second, BTTMoELinear)
@@ -353,3 +356,53 @@ def test_train_flop_ledger_counts_active_experts_only():
         layers = [m for m in model.modules() if isinstance(m, BTTMoELinear)]
         assert len(layers) == 6  # q, k, v, o, fc, proj
     assert per_token[2] - per_token[1] == sum(m.expert_flops() for m in layers)
+
+
+@pytest.mark.parametrize("make", [lambda w, lr: BTTMoELinear(w, w, 8, 2, router_lr=lr),
+                                  lambda w, lr: MoEFFN(w, 8, 2, router_lr=lr)], ids=["btt_moe", "ffn_moe"])
+def test_router_update_is_width_independent_under_mup(make):
+    """One AdamW step moves the router's logits on the input it learned from by the same amount at
+    width 64 and 256 with muP rates (lr x 64 / d_in): Adam's update is coherent with that input,
+    so it moves the logits by lr x d_in. With the plain rate the move grows with the width (4x)."""
+    def logit_move(width: int, router_lr: str) -> float:
+        torch.manual_seed(0)
+        layer = make(width, router_lr)
+        with torch.no_grad():
+            layer.router.weight.normal_(0.0, width ** -0.5)
+        x = torch.randn(1, width).expand(64, width).contiguous()
+        opt = torch.optim.AdamW(param_groups(layer, 1e-3, base_width=64, width=width), lr=1e-3)
+        before = layer.router(x).logits.detach()
+        (layer(x).square().mean() + aux_loss(layer)).backward()
+        opt.step()
+        return float((layer.router(x).logits.detach() - before).std())
+
+    mup = logit_move(256, "mup") / logit_move(64, "mup")
+    plain = logit_move(256, "plain") / logit_move(64, "plain")
+    assert 0.7 < mup < 1.4, mup
+    assert plain > 2.5, plain
+
+
+def test_ffn_moe_starts_with_tokens_spread_over_experts():
+    torch.manual_seed(0)
+    ffn = MoEFFN(64, num_experts=8, top_k=2)  # router N(0, 1/d): the authors' init
+    used = torch.bincount(ffn.router(torch.randn(1024, 64)).expert.flatten(), minlength=8)
+    assert (used > 0).all() and used.max() < 3 * used.float().mean()
+    zero = MoEFFN(64, num_experts=8, top_k=2, router_init="zero")
+    assert len(torch.unique(zero.router(torch.randn(64, 64)).expert)) == 2  # every token on the same two
+
+
+def test_expert_stats_are_kept_in_training_only():
+    from einsearch.moe import expert_stats
+
+    torch.manual_seed(0)
+    model = nn.Sequential(BTTMoELinear(32, 32, 4, 2, router_init="normal"))
+    model.eval()
+    model(torch.randn(16, 32))
+    assert expert_stats(model) == {}
+    model.train()
+    model(torch.randn(64, 32))
+    stats = expert_stats(model)
+    assert set(stats) == {"0/load", "0/top_share", "0/entropy", "0/aux"}
+    assert stats["0/load"].shape == (4,) and float(stats["0/load"].sum()) == pytest.approx(1.0)
+    assert 0.25 <= float(stats["0/top_share"]) <= 1.0
+    assert 0 < float(stats["0/entropy"]) <= math.log(4) + 1e-6

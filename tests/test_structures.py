@@ -72,8 +72,9 @@ def test_moe_kinds():
     btt = parse_structure("BTT-MoE", num_experts=4, top_k=1)
     assert btt == BTTMoEStructure(4, 1) and btt.name == "btt_moe" and btt.is_moe
     assert btt.theta is None and btt.taxonomy() is None and btt.expert_theta == Theta.monarch()
-    assert btt.baseline == "moe" and btt.label == "btt_moe(num_experts=4, top_k=1)"
-    assert btt.to_dict() == {"kind": "btt_moe", "name": "btt_moe", "num_experts": 4, "top_k": 1}
+    assert btt.baseline == "moe" and btt.label == "btt_moe(num_experts=4, top_k=1, router_lr=mup, router_init=zero)"
+    assert btt.to_dict() == {"kind": "btt_moe", "name": "btt_moe", "num_experts": 4, "top_k": 1,
+                             "router_lr": "mup", "router_init": "zero"}
     moe = parse_structure("moe")
     assert moe == FFNMoEStructure(8, 2) and moe.is_moe and moe.baseline is None and moe.theta is None
     assert moe != BTTMoEStructure(8, 2)
@@ -116,7 +117,7 @@ def test_ffn_moe_structure_replaces_the_mlp_and_makes_the_rest_dense():
     torch.manual_seed(0)
     model = _Block(8)
     summary = structurize(model, "moe", num_experts=4, top_k=2, einsum_norm=True)
-    assert summary.structure == "moe(num_experts=4, top_k=2)"
+    assert summary.structure == "moe(num_experts=4, top_k=2, router_lr=mup, router_init=normal)"
     assert isinstance(model.mlp, MoEFFN) and model.mlp.num_experts == 4
     assert isinstance(model.attn, EinsumLinear) and model.attn.theta == Theta.dense()
     assert model.attn.config.einsum_norm and summary.skipped == ["head"]
@@ -128,7 +129,7 @@ def test_btt_moe_by_config_needs_no_keyword():
     model = _Block(8)
     summary = structurize(model, BTTMoEStructure(num_experts=2, top_k=1), select="attn")
     assert isinstance(model.attn, BTTMoELinear) and model.attn.top_k == 1
-    assert summary.structure == "btt_moe(num_experts=2, top_k=1)"
+    assert summary.structure == "btt_moe(num_experts=2, top_k=1, router_lr=mup, router_init=zero)"
 
 
 def test_moe_kinds_refuse_fit():

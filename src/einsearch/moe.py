@@ -60,10 +60,20 @@ from .replace import ReplacedLayer, StructurizeSummary, set_submodule
 from .theta import Theta
 
 __all__ = ["BTTMoELinear", "MoEFFN", "Router", "Routing", "aux_loss", "moeify", "router_aux_loss",
-           "Z_LOSS_WEIGHT"]
+           "Z_LOSS_WEIGHT", "ROUTER_INITS", "ROUTER_LRS", "expert_stats"]
 
 #: weight of the router z-loss inside each layer's aux loss
 Z_LOSS_WEIGHT = 0.1
+#: how a router starts: at zero (every token ties onto the same experts at step 0) or N(0, 1/d_in)
+ROUTER_INITS = ("zero", "normal")
+#: router learning rates: muP's width multiplier of its fan-in d_in ("mup"), or the plain lr
+ROUTER_LRS = ("mup", "plain")
+
+
+def check_router_lr(router_lr: object, owner: str) -> str:
+    if router_lr not in ROUTER_LRS:
+        raise ValueError(f"{owner}: router_lr must be one of {ROUTER_LRS}, got {router_lr!r}")
+    return str(router_lr)
 
 
 def check_moe_args(num_experts: object, top_k: object, owner: str) -> tuple[int, int]:
@@ -105,16 +115,33 @@ def router_aux_loss(logits: Tensor, expert: Tensor, num_experts: int) -> Tensor:
 
 
 class Router(nn.Module):
-    """Dense d_in x E scoring map (no bias, zero init) with top-k softmax gates.
+    """Dense d_in x E scoring map (no bias) with top-k softmax gates; zero at init, or N(0, 1/d_in)
+    with ``init="normal"`` (the authors' FFN-MoE router).
 
-    Deliberately not an ``nn.Linear``, so ``structurize`` never replaces it and muP gives it
-    the plain learning rate.
+    Deliberately not an ``nn.Linear``, so ``structurize`` never replaces it; its learning rate is
+    set by its MoE layer's ``mup_lr_multipliers`` (muP's width multiplier, or the plain lr).
+
+    In training mode each forward keeps ``stats``: the share of the n * top_k assignments each
+    expert got (E,), the mean entropy of the router's softmax (nats) and the auxiliary loss, as
+    detached device tensors (nothing is read back; the expert diagnostics read them at log points).
     """
 
-    def __init__(self, d_in: int, num_experts: int, top_k: int, *, device=None, dtype=None) -> None:
+    def __init__(self, d_in: int, num_experts: int, top_k: int, *, init: str = "zero", device=None,
+                 dtype=None) -> None:
         super().__init__()
-        self.num_experts, self.top_k = num_experts, top_k
+        if init not in ROUTER_INITS:
+            raise ValueError(f"Router: init must be one of {ROUTER_INITS}, got {init!r}")
+        self.num_experts, self.top_k, self.init = num_experts, top_k, init
         self.weight = nn.Parameter(torch.zeros(num_experts, d_in, device=device, dtype=dtype))
+        self.stats: dict[str, Tensor] = {}
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        if self.init == "zero":
+            self.weight.zero_()
+        else:
+            self.weight.normal_(0.0, self.weight.shape[1] ** -0.5)
 
     def forward(self, x2: Tensor) -> Routing:
         """Route the rows of ``x2`` (n, d_in). With a low-precision input (under autocast) the
@@ -130,7 +157,14 @@ class Router(nn.Module):
             logits = F.linear(x2, self.weight)
         top_logits, expert = logits.topk(self.top_k, dim=-1)
         gate = torch.softmax(top_logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-        return Routing(expert, gate.to(x2.dtype), logits, router_aux_loss(logits, expert, self.num_experts))
+        aux = router_aux_loss(logits, expert, self.num_experts)
+        if self.training and logits.shape[0] > 0:
+            with torch.no_grad():
+                probs = torch.softmax(logits.float(), dim=-1)
+                counts = torch.bincount(expert.reshape(-1), minlength=self.num_experts).float()
+                self.stats = {"load": counts / expert.numel(), "aux": aux.detach().float(),
+                              "entropy": -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1).mean()}
+        return Routing(expert, gate.to(x2.dtype), logits, aux)
 
     def flops_per_token(self) -> int:
         return 2 * self.weight.shape[0] * self.weight.shape[1]
@@ -240,6 +274,10 @@ class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
         einsum_norm: divide a core whose RMS exceeds its init scale by RMS / init scale, with a
             learnable scalar gain per core (docs/design.md section 4).
         zero_init: start the second core (B) at zero, so the layer outputs zero at init.
+        router_lr: ``"mup"`` (default): the router's learning rate follows muP like the dense
+            layer it sits beside (lr x the width multiplier of its fan-in d_in), so a rate tuned
+            at one width transfers; ``"plain"``: the base lr at every width.
+        router_init: ``"zero"`` (default) or ``"normal"`` (N(0, 1/d_in)).
 
     Shapes: input (..., d_in) -> output (..., d_out). ``core_a`` has axes (alpha, gamma, delta,
     phi, rho) and ``core_b`` (beta, gamma, epsilon, phi, rho), with rho of size E; the other
@@ -258,11 +296,14 @@ class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
         *,
         einsum_norm: bool = False,
         zero_init: bool = False,
+        router_lr: str = "mup",
+        router_init: str = "zero",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(d_in, d_out, bias=bias, einsum_norm=einsum_norm)
         self.num_experts, self.top_k = check_moe_args(num_experts, top_k, "BTTMoELinear")
+        self.router_lr = check_router_lr(router_lr, "BTTMoELinear")
         #: plan of one expert (a rank-1 BTT, i.e. Monarch): sizes, padding and per-expert fans
         self.expert_plan: EinsumPlan = make_plan(Theta.btt(0.0), d_in, d_out)
         s = self.expert_plan.sizes
@@ -273,7 +314,7 @@ class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
         self.core_a = nn.Parameter(torch.empty(s.alpha, s.gamma, s.delta, s.phi, E, **factory))
         self.core_b = nn.Parameter(torch.empty(s.beta, s.gamma, s.epsilon, s.phi, E, **factory))
         self._register_gains_and_bias(device, dtype)
-        self.router = Router(d_in, E, self.top_k, **factory)
+        self.router = Router(d_in, E, self.top_k, init=router_init, **factory)
         self.aux_loss: Tensor | None = None
         self.reset_parameters()
 
@@ -308,7 +349,7 @@ class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
         wm = width_multiplier(self.d_in, width, base_width)
         return {"core_a": self.lr_multiplier("core_a") * wm,
                 "core_b": self.lr_multiplier("core_b") * wm,
-                "router.weight": 1.0}
+                "router.weight": wm if self.router_lr == "mup" else 1.0}
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -317,7 +358,7 @@ class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
         if self.zero_init:
             self.core_b.zero_()
         self._reset_gains_and_bias()
-        self.router.weight.zero_()
+        self.router.reset_parameters()
 
     # ----------------------------------------------------------------- forward
     def _forward_2d(self, x2: Tensor) -> Tensor:
@@ -400,7 +441,8 @@ class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
         )
 
     def _repr_head(self) -> list[str]:
-        return [f"num_experts={self.num_experts}", f"top_k={self.top_k}"]
+        return [f"num_experts={self.num_experts}", f"top_k={self.top_k}", f"router_lr={self.router_lr}",
+                f"router_init={self.router.init}"]
 
     def _repr_tail(self) -> list[str]:
         return ((["zero_init=True"] if self.zero_init else [])
@@ -417,6 +459,10 @@ class MoEFFN(_HoldsAuxLoss, nn.Module):
         hidden_mult: hidden width of each expert is ``hidden_mult * width``.
         zero_init: start every expert's output projection at zero (last layer of a residual
             branch); ``moeify`` sets it when the MLP it replaces started at zero.
+        router_lr: ``"mup"`` (default, the width multiplier of its fan-in) or ``"plain"``.
+        router_init: ``"normal"`` (default, N(0, 1/width): tokens spread over the experts from
+            step 0, as the authors' code re-initialises it) or ``"zero"`` (every token ties
+            onto the same top-k experts at step 0).
 
     ``w_fc`` is (E, w, h) and ``w_proj`` (E, h, w): expert e maps x to
     ``gelu(x @ w_fc[e]) @ w_proj[e]``; the block returns sum over the top-k experts of
@@ -424,10 +470,11 @@ class MoEFFN(_HoldsAuxLoss, nn.Module):
     """
 
     def __init__(self, width: int, num_experts: int = 8, top_k: int = 2, hidden_mult: int = 4, *,
-                 zero_init: bool = False, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 zero_init: bool = False, router_lr: str = "mup", router_init: str = "normal",
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.width = check_positive_int(width, "width", "MoEFFN")
+        self.router_lr = check_router_lr(router_lr, "MoEFFN")
         self.hidden_mult = check_positive_int(hidden_mult, "hidden_mult", "MoEFFN")
         self.num_experts, self.top_k = check_moe_args(num_experts, top_k, "MoEFFN")
         self.hidden = self.hidden_mult * self.width
@@ -435,7 +482,7 @@ class MoEFFN(_HoldsAuxLoss, nn.Module):
         factory: dict[str, Any] = {"device": device, "dtype": dtype}  # torch.empty/ones keywords
         self.w_fc = nn.Parameter(torch.empty(self.num_experts, self.width, self.hidden, **factory))
         self.w_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden, self.width, **factory))
-        self.router = Router(self.width, self.num_experts, self.top_k, **factory)
+        self.router = Router(self.width, self.num_experts, self.top_k, init=router_init, **factory)
         self.aux_loss: Tensor | None = None
         self.reset_parameters()
 
@@ -447,13 +494,14 @@ class MoEFFN(_HoldsAuxLoss, nn.Module):
             self.w_proj.zero_()
         else:
             self.w_proj.normal_(0.0, math.sqrt(min(w, h)) / h)
-        self.router.weight.zero_()
+        self.router.reset_parameters()
 
     def mup_lr_multipliers(self, base_width: int | None = None, width: int | None = None) -> dict[str, float]:
-        """muP width multipliers of the expert weights (fan-ins w and h); router keeps the plain rate."""
-        return {"w_fc": width_multiplier(self.width, width, base_width),
-                "w_proj": width_multiplier(self.hidden, width, base_width),
-                "router.weight": 1.0}
+        """muP width multipliers of the expert weights (fan-ins w and h) and, with router_lr
+        ``"mup"``, of the router (fan-in w)."""
+        wm = width_multiplier(self.width, width, base_width)
+        return {"w_fc": wm, "w_proj": width_multiplier(self.hidden, width, base_width),
+                "router.weight": wm if self.router_lr == "mup" else 1.0}
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., width) -> (..., width). Under autocast the experts run in the autocast dtype
@@ -488,7 +536,8 @@ class MoEFFN(_HoldsAuxLoss, nn.Module):
         return self.router.flops_per_token() + self.top_k * self.expert_flops()
 
     def extra_repr(self) -> str:
-        return (f"width={self.width}, hidden={self.hidden}, num_experts={self.num_experts}, top_k={self.top_k}"
+        return (f"width={self.width}, hidden={self.hidden}, num_experts={self.num_experts}, top_k={self.top_k}, "
+                f"router_lr={self.router_lr}, router_init={self.router.init}"
                 + (", zero_init=True" if self.zero_init else "")
                 + f", active_flops/token={self.flops_per_token():,}")
 
@@ -510,7 +559,8 @@ def aux_loss(model: nn.Module) -> Tensor:
     return torch.zeros((), device=param.device if param is not None else None)
 
 
-def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2) -> StructurizeSummary:
+def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2, *, router_lr: str = "mup",
+           router_init: str = "normal") -> StructurizeSummary:
     """Replace every feed-forward block of ``model`` (a module with ``is_ffn = True`` and dense
     ``fc`` / ``proj`` layers, like the GPT MLP of ``einsearch.search.models``) with ``MoEFFN``.
 
@@ -537,7 +587,7 @@ def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2) -> Structuriz
             raise ValueError(f"moeify: {name} has shape {width}->{hidden}->{proj.out_features}; "
                              "expected w -> m*w -> w")
         new = MoEFFN(width, num_experts, top_k, hidden // width,
-                     zero_init=bool((proj.weight.detach() == 0).all()),
+                     zero_init=bool((proj.weight.detach() == 0).all()), router_lr=router_lr, router_init=router_init,
                      device=fc.weight.device, dtype=fc.weight.dtype)
         set_submodule(model, name, new)
         summary.layers.append(ReplacedLayer(
@@ -546,3 +596,20 @@ def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2) -> Structuriz
             flops_before=4 * width * hidden, flops_after=new.flops_per_token(),
         ))
     return summary
+
+
+def expert_stats(model: nn.Module) -> dict[str, Tensor]:
+    """Routing of the last training forward of every MoE layer of ``model``, as detached device
+    tensors keyed ``"<layer name>/<stat>"``: ``load`` (E,), the share of the n * top_k
+    assignments each expert got (1/E each when balanced); ``top_share``, the largest of them;
+    ``entropy``, the mean entropy (nats) of the router's softmax over experts (ln E: uniform);
+    ``aux``, the layer's auxiliary loss. Empty before any training forward."""
+    out: dict[str, Tensor] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, _MOE_TYPES) and m.router.stats:
+            st = m.router.stats
+            out[f"{name}/load"] = st["load"]
+            out[f"{name}/top_share"] = st["load"].max()
+            out[f"{name}/entropy"] = st["entropy"]
+            out[f"{name}/aux"] = st["aux"]
+    return out

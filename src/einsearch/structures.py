@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ._checks import check_bool
 from .base import StructuredLinear
 from .layers import EinsumLinear
-from .moe import BTTMoELinear, check_moe_args, moeify
+from .moe import ROUTER_INITS, BTTMoELinear, check_moe_args, check_router_lr, moeify
 from .replace import (
     ReplacedLayer,
     Select,
@@ -128,12 +128,18 @@ class ThetaStructure(StructureConfig):
 class _MoEStructure(StructureConfig):
     num_experts: int = 8
     top_k: int = 2
+    router_lr: str = "mup"
+    router_init: str = "zero"
 
     kind: ClassVar[str] = ""
-    options: ClassVar[tuple[str, ...]] = ("num_experts", "top_k")
+    options: ClassVar[tuple[str, ...]] = ("num_experts", "top_k", "router_lr", "router_init")
 
     def __post_init__(self) -> None:
         check_moe_args(self.num_experts, self.top_k, type(self).__name__)
+        check_router_lr(self.router_lr, type(self).__name__)
+        if self.router_init not in ROUTER_INITS:
+            raise ValueError(f"{type(self).__name__}: router_init must be one of {ROUTER_INITS}, "
+                             f"got {self.router_init!r}")
 
     @property
     def name(self) -> str:
@@ -141,14 +147,16 @@ class _MoEStructure(StructureConfig):
 
     @property
     def label(self) -> str:
-        return f"{self.kind}(num_experts={self.num_experts}, top_k={self.top_k})"
+        return (f"{self.kind}(num_experts={self.num_experts}, top_k={self.top_k}, router_lr={self.router_lr}, "
+                f"router_init={self.router_init})")
 
     @property
     def is_moe(self) -> bool:
         return True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "num_experts": self.num_experts, "top_k": self.top_k}
+        return {"kind": self.kind, "name": self.name, "num_experts": self.num_experts, "top_k": self.top_k,
+                "router_lr": self.router_lr, "router_init": self.router_init}
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,7 @@ class FFNMoEStructure(_MoEStructure):
     ``EinsumLinear`` layers, so init and learning-rate rules stay those of dense."""
 
     kind: ClassVar[str] = "moe"
+    router_init: str = "normal"  # the authors' FFN-MoE router: tokens spread over experts at step 0
 
 
 # --------------------------------------------------------------------------- registry
@@ -328,7 +337,8 @@ def _apply_btt_moe(model: nn.Module, config: BTTMoEStructure, select: Select = N
     _no_fit(config, fit)
 
     def make(name: str, old: nn.Module, d_in: int, d_out: int, kwargs: dict[str, Any]) -> BTTMoELinear:
-        return BTTMoELinear(d_in, d_out, config.num_experts, config.top_k, **kwargs)
+        return BTTMoELinear(d_in, d_out, config.num_experts, config.top_k, router_lr=config.router_lr,
+                            router_init=config.router_init, **kwargs)
 
     return replace_linear_layers(model, make, config.label, select, **layer_kwargs)
 
@@ -336,7 +346,8 @@ def _apply_btt_moe(model: nn.Module, config: BTTMoEStructure, select: Select = N
 def _apply_ffn_moe(model: nn.Module, config: FFNMoEStructure, select: Select = None, *, fit: bool = False,
                    **layer_kwargs: Any) -> StructurizeSummary:
     _no_fit(config, fit)
-    experts = moeify(model, config.num_experts, config.top_k)
+    experts = moeify(model, config.num_experts, config.top_k, router_lr=config.router_lr,
+                     router_init=config.router_init)
     rest = _apply_theta(model, ThetaStructure(Theta.dense()), select, **layer_kwargs)
     return StructurizeSummary(structure=config.label, layers=experts.layers + rest.layers,
                               skipped=rest.skipped)
