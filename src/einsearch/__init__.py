@@ -15,6 +15,7 @@ Public API::
     densify                            # structured layers back to nn.Linear, for export
     StructuredMultiheadAttention       # nn.MultiheadAttention with separate q/k/v/out layers
     BTTMoELinear, MoEFFN, moeify       # mixtures of experts in every linear layer / every FFN
+    expert_stats                       # their routing (load per expert, entropy, aux loss)
 
 The search pipeline (tasks, training, the results store, sweeps, analysis, the report and
 the CLI) lives in :mod:`einsearch.search`; ``import einsearch`` does not load it. Its names
@@ -33,7 +34,7 @@ from .base import LayerCost, StructuredLinear
 from .convert import DensifySummary, StructurizeSummary, densify, structurize
 from .fit import fit_to_dense, from_linear, project, project_into
 from .layers import EinsumLinear
-from .moe import BTTMoELinear, MoEFFN, aux_loss, moeify
+from .moe import ROUTER_INITS, ROUTER_LRS, BTTMoELinear, MoEFFN, aux_loss, expert_stats, moeify
 from .mup import lr_multipliers, param_groups
 from .plan import EinsumPlan, make_plan
 from .projection import ProjectionResult, project_cores
@@ -59,7 +60,7 @@ __all__ = [
     "param_groups", "lr_multipliers", "structurize", "StructurizeSummary",
     "project", "project_into", "project_cores", "ProjectionResult", "from_linear", "fit_to_dense",
     "densify", "DensifySummary", "StructuredMultiheadAttention",
-    "BTTMoELinear", "MoEFFN", "moeify", "aux_loss",
+    "BTTMoELinear", "MoEFFN", "moeify", "aux_loss", "expert_stats", "ROUTER_LRS", "ROUTER_INITS",
     "StructuredLinear", "StructureConfig", "ThetaStructure", "BTTMoEStructure", "FFNMoEStructure",
     "parse_structure", "register_structure", "apply_structure", "structure_kinds",
 ]

@@ -79,6 +79,13 @@ class StructureConfig:
         return False
 
     @property
+    def has_dense_layers(self) -> bool:
+        """True when some selected layers stay dense (dense itself; FFN-MoE's non-FFN layers):
+        the structures a setting for dense layers, such as whether they carry the einsum
+        norm, applies to."""
+        return self.is_dense
+
+    @property
     def is_dense(self) -> bool:
         """True for the dense layer, written any way (``"dense"``, its theta or the swapped
         theta): the reference every compute multiplier is measured against."""
@@ -180,6 +187,10 @@ class FFNMoEStructure(_MoEStructure):
 
     kind: ClassVar[str] = "moe"
     router_init: str = "normal"  # the authors' FFN-MoE router: tokens spread over experts at step 0
+
+    @property
+    def has_dense_layers(self) -> bool:
+        return True
 
 
 # --------------------------------------------------------------------------- registry

@@ -37,8 +37,8 @@ def test_run_ids_of_the_first_release_are_unchanged():
 
 def test_a_field_added_since_enters_the_id_only_away_from_its_old_value():
     cfg = TrainConfig(steps=6)
-    for name, old in FIELDS_SINCE_V1.items():
-        assert name not in cfg.identity() and getattr(cfg, name) == old
+    # at their old values, or (MoE settings of a dense run) unable to change the run: not hashed
+    assert not set(FIELDS_SINCE_V1) & set(cfg.identity())
     assert dataclasses.replace(cfg, precision="bf16").run_id() != cfg.run_id()
     assert dataclasses.replace(cfg, precision="bf16").identity()["precision"] == "bf16"
 

@@ -196,4 +196,4 @@ def test_top_k_must_not_exceed_num_experts():
 def test_point_fields():
     p = Point(step=1, tokens=2, compute=3.0, train_loss=0.5, eval_loss=None)
     assert dataclasses.asdict(p) == {"step": 1, "tokens": 2, "compute": 3.0, "train_loss": 0.5, "eval_loss": None,
-                                     "elapsed_s": None}
+                                     "elapsed_s": None, "metrics": {}}

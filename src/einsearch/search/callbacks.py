@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from .train import Point, RunResult, TrainState
 
-__all__ = ["Callback", "ProgressCallback"]
+__all__ = ["Callback", "ProgressCallback", "ExpertStatsCallback"]
 
 
 class Callback:
@@ -48,3 +48,23 @@ class ProgressCallback(Callback):
 
     def on_log(self, state: TrainState, point: Point) -> None:
         self.progress(point.step, point.train_loss)
+
+
+class ExpertStatsCallback(Callback):
+    """Expert diagnostics of a mixture of experts at every logged point, from the routing of the
+    last training step (``einsearch.expert_stats``; the routers keep it on the device, so this
+    costs a few small reads at log points and nothing per step): per MoE layer ``L``,
+    ``moe/L/top_share`` (the largest expert's share of the assignments; fair share 1/E),
+    ``moe/L/entropy`` (router entropy, nats), ``moe/L/aux`` (its auxiliary loss) and
+    ``moe/L/load/e`` for each expert e, into ``point.metrics`` (the store's metrics table)."""
+
+    def on_log(self, state: TrainState, point: Point) -> None:
+        from einsearch import expert_stats
+
+        for key, value in expert_stats(state.model).items():
+            layer, stat = key.rsplit("/", 1)
+            if stat == "load":
+                for e, share in enumerate(value.tolist()):
+                    point.metrics[f"moe/{layer}/load/{e}"] = float(share)
+            else:
+                point.metrics[f"moe/{layer}/{stat}"] = float(value)

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from einsearch import StructureConfig, parse_structure, structure_kinds
+from einsearch import ROUTER_LRS, StructureConfig, parse_structure, structure_kinds
 from einsearch._checks import (
     check_bool,
     check_non_negative_float,
@@ -34,7 +34,8 @@ from .device import PRECISIONS
 from .tasks import task_names, task_options
 
 __all__ = ["TrainConfig", "RunOptions", "SCHEDULES", "MOE_STRUCTURES", "DEFAULT_NUM_EXPERTS",
-           "FIELDS_SINCE_V1", "DEFAULT_CHECKPOINT_EVERY_S", "log_spaced_steps"]
+           "FIELDS_SINCE_V1", "DEFAULT_CHECKPOINT_EVERY_S", "log_spaced_steps", "MOE_FIELDS",
+           "ROUTER_INIT_CHOICES"]
 
 SCHEDULES = ("constant", "cosine")
 #: MoE structures: "btt_moe" = a BTTMoELinear in every structured layer, "moe" = the dense model
@@ -44,12 +45,20 @@ MOE_STRUCTURES = tuple(k for k in structure_kinds() if parse_structure(k).is_moe
 DEFAULT_NUM_EXPERTS = 8
 #: identity fields added after store schema 1, with the value every older run had: at that
 #: value a field stays out of the hash (see the module docstring)
-FIELDS_SINCE_V1: dict[str, Any] = {"precision": "fp32"}
+FIELDS_SINCE_V1: dict[str, Any] = {"precision": "fp32", "router_lr": "plain", "router_init": "zero",
+                                   "dense_norm": True, "beta1": 0.9, "beta2": 0.999, "grad_clip": 0.0,
+                                   "depth_mup": False, "qk_norm": True}
+#: MoE recipe fields: they change nothing in a run that is not a mixture of experts
+MOE_FIELDS = ("router_lr", "router_init")
+#: router initialisations: the structure's own ("auto": zero for BTT-MoE, N(0, 1/d) for FFN-MoE)
+ROUTER_INIT_CHOICES = ("auto", "zero", "normal")
 #: seconds between mid-run checkpoints when a checkpoint folder is set (``--checkpoint-every``)
 DEFAULT_CHECKPOINT_EVERY_S = 300.0
 
 #: TrainConfig fields handed to the task's factory when it takes them
-_TASK_FIELDS = ("depth", "data", "block_size")
+_TASK_FIELDS = ("depth", "data", "block_size", "depth_mup", "qk_norm")
+#: task fields added since store schema 1, with their defaults (an error on a task that does not take them)
+_TASK_RECIPE = {"depth_mup": False, "qk_norm": True}
 
 
 def _is_int(v: Any) -> bool:
@@ -100,6 +109,17 @@ class TrainConfig:
         divergence_factor: after warmup, a batch loss above this x the initial loss = diverged.
         precision: ``"fp32"``, or mixed precision ``"bf16"`` / ``"fp16"`` (torch autocast,
             float32 parameters; docs/design.md section 11).
+
+    The training recipe (docs/design.md section 5; the authors' values in brackets):
+        router_lr: MoE routers' rate, ``"mup"`` (lr x the width multiplier of the router's fan-in)
+            [mup] or ``"plain"`` (the base lr at every width; einsearch before 0.3).
+        router_init: ``"auto"`` (BTT-MoE zero, FFN-MoE N(0, 1/d)) [auto], ``"zero"``, ``"normal"``.
+        dense_norm: dense layers carry the einsum norm too (einsearch's default) [False: plain].
+        beta1, beta2, grad_clip: AdamW betas [0.9, 0.95] and the gradient-norm clip (0: none) [1.0].
+        depth_mup: GPT residual branches scaled by sqrt(3 / depth) [True]; qk_norm: LayerNorm on
+            each head's queries and keys [True] (charlm / tokens tasks).
+    Recipe fields that cannot change a run (MoE settings of a run without experts) stay out of
+    its identity.
     """
 
     task: str = "regression"
@@ -125,6 +145,14 @@ class TrainConfig:
     aux_loss_weight: float = 0.01
     divergence_factor: float = 4.0
     precision: str = "fp32"
+    router_lr: str = "mup"
+    router_init: str = "auto"
+    dense_norm: bool = True
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 0.0
+    depth_mup: bool = False
+    qk_norm: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -162,6 +190,22 @@ class TrainConfig:
             raise bad("einsum_norm", "True or False")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"one of {', '.join(PRECISIONS)}")
+        if self.router_lr not in ROUTER_LRS:
+            raise bad("router_lr", f"one of {', '.join(ROUTER_LRS)}")
+        if self.router_init not in ROUTER_INIT_CHOICES:
+            raise bad("router_init", f"one of {', '.join(ROUTER_INIT_CHOICES)}")
+        for name in ("dense_norm", "depth_mup", "qk_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "True or False")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not _is_num(value) or not 0 <= value < 1:
+                raise bad(name, "a number in [0, 1)")
+        check_non_negative_float(self.grad_clip, "TrainConfig.grad_clip")
+        for name, default in _TASK_RECIPE.items():
+            if getattr(self, name) != default and name not in task_options(self.task):
+                raise ValueError(f"TrainConfig.{name} is a setting of the GPT tasks; task {self.task!r} "
+                                 f"takes none, got {name}={getattr(self, name)!r}")
         if self.data is not None:
             if not isinstance(self.data, str) or not self.data:
                 raise bad("data", "None or a non-empty path string")
@@ -178,8 +222,15 @@ class TrainConfig:
         """``structure`` as a typed config; an MoE kind gets ``num_experts`` (None: 8) and ``top_k``."""
         config = parse_structure(self.structure)
         if config.is_moe:
-            config = parse_structure(config, num_experts=self.num_experts or DEFAULT_NUM_EXPERTS, top_k=self.top_k)
+            init = {} if self.router_init == "auto" else {"router_init": self.router_init}
+            config = parse_structure(config, num_experts=self.num_experts or DEFAULT_NUM_EXPERTS, top_k=self.top_k,
+                                     router_lr=self.router_lr, **init)
         return config
+
+    def layer_norm(self) -> bool:
+        """Whether the structured layers carry the einsum norm: ``einsum_norm``, except for dense
+        layers with ``dense_norm`` off."""
+        return self.einsum_norm and (self.dense_norm or not parse_structure(self.structure).has_dense_layers)
 
     def task_options(self) -> dict[str, Any]:
         """The keyword options of ``get_task(self.task, ...)``: the fields the task takes and that are set."""
@@ -190,8 +241,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """What ``run_id`` hashes: every field, less ``FIELDS_SINCE_V1`` at their old values."""
+        """What ``run_id`` hashes: every field, less the recipe fields that cannot change this
+        run (MoE settings without experts, ``dense_norm`` without dense layers) and less
+        ``FIELDS_SINCE_V1`` at their old values."""
         d = self.to_dict()
+        config = parse_structure(self.structure)
+        if not config.is_moe:
+            for name in MOE_FIELDS:
+                d.pop(name, None)
+        if not config.has_dense_layers:
+            d.pop("dense_norm", None)
         for name, old in FIELDS_SINCE_V1.items():
             if d.get(name) == old:
                 d.pop(name, None)

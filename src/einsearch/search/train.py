@@ -63,7 +63,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from einsearch import aux_loss, param_groups, structurize
 
-from .callbacks import Callback, ProgressCallback
+from .callbacks import Callback, ExpertStatsCallback, ProgressCallback
 from .checkpoint import Checkpointer
 from .config import (
     DEFAULT_NUM_EXPERTS,
@@ -90,7 +90,8 @@ SYNC_EVERY = 64
 
 @dataclass
 class Point:
-    """One logged point of a run's curve (``elapsed_s``: training seconds since the first step)."""
+    """One logged point of a run's curve (``elapsed_s``: training seconds since the first step;
+    ``metrics``: extra named values, e.g. an MoE layer's expert load, stored beside the point)."""
 
     step: int
     tokens: int
@@ -98,6 +99,7 @@ class Point:
     train_loss: float
     eval_loss: float | None
     elapsed_s: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -140,7 +142,7 @@ def build_model(config: TrainConfig, task: Task | None = None) -> tuple[Task, nn
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         # the structure's handler: EinsumLinear layers, BTT-MoE layers, or FFN experts + dense layers
-        structurize(model, config.structure_config(), select=task.structured_select, einsum_norm=config.einsum_norm)
+        structurize(model, config.structure_config(), select=task.structured_select, einsum_norm=config.layer_norm())
     return task, model
 
 
@@ -180,10 +182,11 @@ def lr_factor(update: int, config: TrainConfig) -> float:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig):
-    """AdamW over ``einsearch.param_groups`` (muP rates) and a ``LambdaLR`` that scales each
-    group's own rate by ``lr_factor``."""
+    """AdamW (``beta1``, ``beta2``) over ``einsearch.param_groups`` (muP rates) and a ``LambdaLR``
+    that scales each group's own rate by ``lr_factor``."""
     groups = param_groups(model, config.lr, base_width=config.base_width)
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2),
+                                  weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: lr_factor(k, config))
     return optimizer, scheduler
 
@@ -348,6 +351,8 @@ def train(config: TrainConfig, options: RunOptions | None = None,
         hooks.insert(0, checkpointer)
     if progress is not None:
         hooks.append(ProgressCallback(progress))
+    if config.structure_config().is_moe:
+        hooks.append(ExpertStatsCallback())
     logger.info("run %s: task=%s structure=%s width=%d params=%d train FLOPs/token=%.4g steps=%d on %s (%s)",
                 config.run_id(), config.task, config.structure, config.width, state.params,
                 state.flops_per_token, config.steps, state.device, config.precision)
@@ -389,10 +394,15 @@ def _loop(state: TrainState, hooks: Sequence[Callback]) -> None:
             loss = loss + config.aux_loss_weight * aux_loss(state.model)
         if state.scaler is not None:
             state.scaler.scale(loss).backward()
+            if config.grad_clip > 0:
+                state.scaler.unscale_(state.optimizer)
+                nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
             state.scaler.step(state.optimizer)
             state.scaler.update()
         else:
             loss.backward()
+            if config.grad_clip > 0:  # a device-side clip: nothing is read back
+                nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
             state.optimizer.step()
         state.scheduler.step()
         state.window_sum += task_loss.double()

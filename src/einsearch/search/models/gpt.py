@@ -5,14 +5,18 @@
                   -> final LayerNorm -> readout Linear(w -> vocab)  (zero init, not tied)
 
 Attention uses separate q/k/v/o projections, heads of size 64 (``n_head = width // 64``, one
-head when width < 64), QK-LayerNorm (a LayerNorm over each head's query and key vectors) and
+head when width < 64), QK-LayerNorm (a LayerNorm over each head's query and key vectors;
+``qk_norm=False`` drops it) and
 ``F.scaled_dot_product_attention(is_causal=True)``. The MLP is Linear(w -> 4w), GELU,
 Linear(4w -> w). There are no biases anywhere. The last layer of every residual branch
 (``attn.o`` and ``mlp.proj``) and the readout start at zero, so the logits are 0 at init (loss
-= ln(vocab)). Every linear layer except the readout is meant to be structured.
+= ln(vocab)). Every linear layer except the readout is meant to be structured. With
+``depth_mup`` each residual branch is scaled by sqrt(3 / depth).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +45,7 @@ def gpt_heads(width: int, d_head: int = D_HEAD) -> int:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, width: int, n_head: int) -> None:
+    def __init__(self, width: int, n_head: int, qk_norm: bool = True) -> None:
         super().__init__()
         self.n_head = n_head
         self.d_head = width // n_head
@@ -49,8 +53,8 @@ class CausalSelfAttention(nn.Module):
         self.k = spectral_init_(nn.Linear(width, width, bias=False))
         self.v = spectral_init_(nn.Linear(width, width, bias=False))
         self.o = spectral_init_(nn.Linear(width, width, bias=False), zero=True)
-        self.q_norm = nn.LayerNorm(self.d_head, bias=False)
-        self.k_norm = nn.LayerNorm(self.d_head, bias=False)
+        self.q_norm: nn.Module = nn.LayerNorm(self.d_head, bias=False) if qk_norm else nn.Identity()
+        self.k_norm: nn.Module = nn.LayerNorm(self.d_head, bias=False) if qk_norm else nn.Identity()
 
     def forward(self, h: Tensor) -> Tensor:
         B, T, W = h.shape
@@ -81,16 +85,20 @@ class MLP(nn.Module):
 
 
 class GPTBlock(nn.Module):
-    def __init__(self, width: int, n_head: int) -> None:
+    def __init__(self, width: int, n_head: int, *, branch_scale: float = 1.0, qk_norm: bool = True) -> None:
         super().__init__()
+        self.branch_scale = branch_scale
         self.attn_norm = nn.LayerNorm(width, bias=False)
-        self.attn = CausalSelfAttention(width, n_head)
+        self.attn = CausalSelfAttention(width, n_head, qk_norm)
         self.mlp_norm = nn.LayerNorm(width, bias=False)
         self.mlp = MLP(width)
 
     def forward(self, h: Tensor) -> Tensor:
-        h = h + self.attn(self.attn_norm(h))
-        return h + self.mlp(self.mlp_norm(h))
+        h = h + self.branch_scale * self.attn(self.attn_norm(h))
+        return h + self.branch_scale * self.mlp(self.mlp_norm(h))
+
+    def extra_repr(self) -> str:
+        return f"branch_scale={self.branch_scale:g}" if self.branch_scale != 1.0 else ""
 
 
 class GPT(nn.Module):
@@ -101,9 +109,13 @@ class GPT(nn.Module):
         vocab_size: number of token ids (96 for the charlm task).
         block_size: longest sequence (size of the position embedding).
         depth: number of transformer blocks.
+        depth_mup: scale every residual branch by sqrt(3 / depth) (depth-muP, as the authors'
+            GPT does), so the residual stream's growth does not depend on the depth.
+        qk_norm: LayerNorm over each head's queries and keys (default on).
     """
 
-    def __init__(self, width: int, *, vocab_size: int = 96, block_size: int = 128, depth: int = 4) -> None:
+    def __init__(self, width: int, *, vocab_size: int = 96, block_size: int = 128, depth: int = 4,
+                 depth_mup: bool = False, qk_norm: bool = True) -> None:
         super().__init__()
         n_head = gpt_heads(width)
         for field, value in (("vocab_size", vocab_size), ("block_size", block_size), ("depth", depth)):
@@ -118,7 +130,8 @@ class GPT(nn.Module):
         # unit-variance sum of the two embeddings (muP input layer: O(1) entries)
         nn.init.normal_(self.tok_emb.weight, std=2**-0.5)
         nn.init.normal_(self.pos_emb.weight, std=2**-0.5)
-        self.blocks = nn.ModuleList(GPTBlock(width, n_head) for _ in range(depth))
+        scale = math.sqrt(3.0 / depth) if depth_mup else 1.0
+        self.blocks = nn.ModuleList(GPTBlock(width, n_head, branch_scale=scale, qk_norm=qk_norm) for _ in range(depth))
         self.norm = nn.LayerNorm(width, bias=False)
         self.readout = spectral_init_(nn.Linear(width, vocab_size, bias=False), zero=True)
 

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 
 from ..analysis import seed_averaged_curves
+from .experts import PLOT_NAME as EXPERTS_PLOT
+from .experts import plot_expert_load
 from .fmt import ci_text, fmt
 from .summary import Report
 
@@ -405,4 +407,6 @@ def render_plots(rep: Report, summary: dict[str, Any]) -> dict[str, bytes]:
         out[f"taxonomy_{key}.png"] = _plot_taxonomy(rep, summ, key)
     if rep.time.get("available"):
         out[TIME_PLOT] = _plot_loss_vs_compute(rep, summ, TIME)
+    if rep.experts:
+        out[EXPERTS_PLOT] = plot_expert_load(rep.experts, rep.task)
     return out

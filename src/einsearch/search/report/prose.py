@@ -210,6 +210,7 @@ def markdown(rep: Report, summary: dict[str, Any]) -> str:
         lines += ["", "Same estimator as against dense, with the reference in dense's place "
                   "(> 1: the first needs less compute for the same loss).", ""]
     lines += _time_section(rep, summary)
+    lines += _experts_section(rep)
     lines += ["## Figures", "",
               "### Loss vs compute", "",
               "Faint: seed-averaged runs; dots: frontier points (hollow: outside the window); "
@@ -254,6 +255,7 @@ def markdown(rep: Report, summary: dict[str, Any]) -> str:
         lines += ["No warnings: no width makes up more than half of any frontier.", ""]
     lines += ["## Settings", "",
               f"- trained: {_execution_text(rep.execution)}",
+              f"- recipe: {_recipe_text(rep.recipe)}",
               f"- loss: {s['loss_description']}",
               f"- transient left out: the first {s['transient_fraction']:.0%} of each run's steps "
               "(and its warmup)",
@@ -320,4 +322,39 @@ def _time_reading(m: float | None, t: float | None) -> str:
     if m <= 1 and t > 1:
         return "costs compute but saves time here"
     return "costs compute and time"
+
+
+def _recipe_text(recipe: dict[str, Any]) -> str:
+    """The recipe settings, one value each where all runs agree; dense's einsum norm said plainly."""
+    if not recipe:
+        return "n/a"
+    parts = [f"{k} {'/'.join(str(v) for v in vals)}" for k, vals in recipe.items() if vals]
+    norm = recipe.get("dense_norm") or []
+    said = ("dense layers carry the einsum norm" if norm == [True] else
+            "dense layers are plain (no einsum norm)" if norm == [False] else
+            "dense's einsum norm differs between runs")
+    return f"{said}; " + ", ".join(parts)
+
+
+def _experts_section(rep: Report) -> list[str]:
+    """Load balance of the mixtures of experts (report.experts)."""
+    if not rep.experts:
+        return []
+    lines = ["## Experts", "",
+             "Routing of the last training step at each logged point, averaged over the MoE layers and runs. "
+             "top share x E: the busiest expert's share of the assignments times the number of experts (1: "
+             "balanced; E: one expert takes everything); entropy / ln E: 1 when the router spreads its "
+             "probability evenly. A layer collapsed when its top expert held more than twice its fair share at "
+             "more than half of the run's logged points.", "",
+             "| structure | experts | runs | top share x E (first → last) | entropy / ln E (last) | aux loss (last) "
+             "| collapsed layers |", "|---|---|---|---|---|---|---|"]
+    for name, e in sorted(rep.experts.items()):
+        lines.append(f"| {md(name)} | {e['experts']} | {e['runs']} | {fmt(e['first'])} → {fmt(e['last'])} | "
+                     f"{fmt(e['entropy'])} | {fmt(e['aux'])} | {e['layers_collapsed']} |")
+    for name, e in sorted(rep.experts.items()):
+        for c in e["collapsed"][:10]:
+            lines.append(f"- **{name}** width {c['width']} seed {c['seed']}, layer `{c['layer']}`: top expert above "
+                         f"2x its fair share at {c['fraction_of_points']:.0%} of the logged points (last share "
+                         f"{c['last_top_share']:.2f})")
+    return lines + ["", "![expert load](expert_load.png)", ""]
 

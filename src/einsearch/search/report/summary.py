@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ..analysis import (
     curves_from_store,
 )
 from ..store import ResultStore, RunRow
+from .experts import COLLAPSE_FACTOR, expert_summary
 
 __all__ = ["StructureInfo", "Report", "build_report", "summary_dict", "check_options", "execution_summary", "LOSSES",
            "DEFAULT_BOOTSTRAP"]
@@ -132,6 +134,8 @@ class Report:
     n_bootstrap: int
     execution: dict[str, Any] = field(default_factory=dict)
     time: dict[str, Any] = field(default_factory=dict)   # availability and conditions of t(L)
+    experts: dict[str, Any] = field(default_factory=dict)  # MoE load balance (report.experts)
+    recipe: dict[str, Any] = field(default_factory=dict)   # the training recipe the runs used
     time_curves: list[Curve] = field(default_factory=list)
 
     def by_name(self, name: str) -> StructureInfo:
@@ -255,9 +259,33 @@ def build_report(store: ResultStore, task: str | None = None, *, loss: str = "ev
             i.time_analysis = time_result.structures.get(i.name)
     elif not time["available"]:
         notes.append(time["why"])
+    experts = expert_summary(store, runs)
+    for name, e in experts.items():
+        if e["layers_collapsed"]:
+            notes.append(f"{name}: experts collapsed in {e['layers_collapsed']} layer(s) of its runs (one expert "
+                         f"above {COLLAPSE_FACTOR:g}x its fair share at most logged points; see ## Experts)")
     return Report(execution=execution, task=task, loss=loss, infos=infos, dense=dense, result=result, curves=curves,
                   settings=settings, notes=notes, head_to_head=h2h, n_bootstrap=int(n_bootstrap), time=time,
-                  time_curves=time_curves)
+                  time_curves=time_curves, experts=experts, recipe=recipe_summary(runs))
+
+
+#: TrainConfig fields of the training recipe the report states (docs/design.md section 5)
+RECIPE_FIELDS = ("einsum_norm", "dense_norm", "beta1", "beta2", "grad_clip", "warmup_steps", "weight_decay",
+                 "schedule", "router_lr", "router_init", "aux_loss_weight", "depth_mup", "qk_norm")
+
+
+def recipe_summary(runs: Sequence[RunRow]) -> dict[str, list[Any]]:
+    """The distinct values of each recipe setting over the finished runs (defaults of the
+    recording release filled in for runs recorded before a setting existed)."""
+    from ..config import FIELDS_SINCE_V1, TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    old = {**defaults, **FIELDS_SINCE_V1}
+    out: dict[str, list[Any]] = {}
+    for name in RECIPE_FIELDS:
+        values = {r.config.get(name, old.get(name)) for r in runs if r.status in ("finished", "diverged")}
+        out[name] = sorted(values, key=str)
+    return out
 
 
 def _bench_times(runs: Sequence[RunRow], curves: Sequence[Curve]) -> tuple[list[Curve], dict[str, Any]]:
@@ -390,6 +418,8 @@ def summary_dict(rep: Report) -> dict[str, Any]:
         },
         "execution": rep.execution,
         "time": rep.time,
+        "experts": rep.experts,
+        "recipe": rep.recipe,
         "notes": rep.notes,
         "structures": rows,
         "head_to_head": rep.head_to_head,

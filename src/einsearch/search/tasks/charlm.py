@@ -191,13 +191,16 @@ class CharLMTask(Task):
         data: corpus path (file or directory); ``None`` = Python standard library sources.
         block_size: context length T (default 128); one example is T tokens.
         depth: transformer blocks (default 4).
+        depth_mup, qk_norm: the GPT's residual-branch scaling and QK-LayerNorm (``models.GPT``).
     """
 
     name = "charlm"
     default_depth = 4
 
-    def __init__(self, *, data: str | Path | None = None, block_size: int = 128, depth: int | None = None) -> None:
+    def __init__(self, *, data: str | Path | None = None, block_size: int = 128, depth: int | None = None,
+                 depth_mup: bool = False, qk_norm: bool = True) -> None:
         self.depth = self.default_depth if depth is None else depth
+        self.depth_mup, self.qk_norm = bool(depth_mup), bool(qk_norm)
         for fname, value in (("block_size", block_size), ("depth", self.depth)):
             check_positive_int(value, fname, "charlm task")
         self.block_size = block_size
@@ -220,7 +223,8 @@ class CharLMTask(Task):
         gpt_heads(width)  # clear error on a bad width before anything is built
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return GPT(width, vocab_size=VOCAB_SIZE, block_size=self.block_size, depth=self.depth)
+            return GPT(width, vocab_size=VOCAB_SIZE, block_size=self.block_size, depth=self.depth,
+                       depth_mup=self.depth_mup, qk_norm=self.qk_norm)
 
     def structured_select(self, name: str, module: nn.Module) -> bool:
         return GPT.is_structured_linear(name, module)
