@@ -53,7 +53,9 @@ class FakeResult:
 # reads its instructions (sleep, fail, diverge) from ``data``, which regression would reject.
 FakeTrainConfig = dataclasses.make_dataclass(
     "FakeTrainConfig",
-    [(f.name, f.type, dataclasses.field(default=f.default)) for f in dataclasses.fields(TrainConfig)],
+    [(f.name, f.type, dataclasses.field(default=f.default) if f.default is not dataclasses.MISSING
+      else dataclasses.field(default_factory=f.default_factory, hash=False))
+     for f in dataclasses.fields(TrainConfig)],
     frozen=True,
     namespace={"to_dict": TrainConfig.to_dict, "identity": TrainConfig.identity, "run_id": TrainConfig.run_id},
 )

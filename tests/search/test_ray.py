@@ -120,3 +120,20 @@ def test_ray_explore(tmp_path, ray_cluster):
                 if r["state"] == "COMPLETE"}
 
     assert values(res.summary) == values(local.summary)
+
+
+def test_a_task_from_an_import_path_trains_alike_on_ray(tmp_path, ray_cluster, monkeypatch):
+    """The Ray workers import the user's task module through the runtime environment (the
+    driver's sys.path), and store the same losses as local worker processes."""
+    from test_user_task import SPEC, USER_TASK, losses
+
+    from einsearch.search.spec import load_spec
+
+    monkeypatch.syspath_prepend(str(USER_TASK))
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    spec = load_spec(tmp_path / "spec.yaml")
+    with RayExecutor(ray_cluster) as ex:
+        out = run_sweep(spec, tmp_path / "ray", ex, show_progress=False, report=False)
+    assert (out.finished, out.failed) == (4, 0), out.failures
+    run_sweep(spec, tmp_path / "local", LocalExecutor(2), show_progress=False, report=False)
+    assert losses(tmp_path / "ray") == losses(tmp_path / "local")

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from einsearch import ROUTER_LRS, StructureConfig, parse_structure, structure_kinds
@@ -31,7 +32,8 @@ from einsearch._checks import (
 )
 
 from .device import PRECISIONS
-from .tasks import task_names, task_options
+from .tasks import get_task_factory, is_import_path, task_names
+from .tasks import task_options as accepted_options
 
 __all__ = ["TrainConfig", "RunOptions", "SCHEDULES", "MOE_STRUCTURES", "DEFAULT_NUM_EXPERTS",
            "FIELDS_SINCE_V1", "DEFAULT_CHECKPOINT_EVERY_S", "log_spaced_steps", "MOE_FIELDS",
@@ -45,9 +47,9 @@ MOE_STRUCTURES = tuple(k for k in structure_kinds() if parse_structure(k).is_moe
 DEFAULT_NUM_EXPERTS = 8
 #: identity fields added after store schema 1, with the value every older run had: at that
 #: value a field stays out of the hash (see the module docstring)
-FIELDS_SINCE_V1: dict[str, Any] = {"precision": "fp32", "router_lr": "plain", "router_init": "zero",
-                                   "dense_norm": True, "beta1": 0.9, "beta2": 0.999, "grad_clip": 0.0,
-                                   "depth_mup": False, "qk_norm": True}
+FIELDS_SINCE_V1: dict[str, Any] = {"precision": "fp32", "task_options": {}, "router_lr": "plain",
+                                   "router_init": "zero", "dense_norm": True, "beta1": 0.9, "beta2": 0.999,
+                                   "grad_clip": 0.0, "depth_mup": False, "qk_norm": True}
 #: MoE recipe fields: they change nothing in a run that is not a mixture of experts
 MOE_FIELDS = ("router_lr", "router_init")
 #: router initialisations: the structure's own ("auto": zero for BTT-MoE, N(0, 1/d) for FFN-MoE)
@@ -69,6 +71,12 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _takes_any_option(task: str) -> bool:
+    """Whether the task's factory takes ``**kwargs`` (then any option goes through)."""
+    params = inspect.signature(get_task_factory(task)).parameters.values()
+    return any(p.kind == p.VAR_KEYWORD for p in params)
+
+
 def log_spaced_steps(steps: int, n: int) -> list[int]:
     """About ``n`` distinct steps in ``1..steps``, log-spaced, always including ``steps``.
 
@@ -87,7 +95,9 @@ class TrainConfig:
     """Everything that defines one training run (and, hashed, its ``run_id``).
 
     Fields:
-        task: registered task name (``"regression"``, ``"charlm"``).
+        task: registered task name (``"regression"``, ``"charlm"``, ``"tokens"``) or the import
+            path of a task factory, ``"package.module:factory"`` (imported where the run executes).
+        task_options: further keyword options of the task's factory (JSON values).
         structure: a structure name (``"dense"``, ``"monarch"``, ``"btt(0.25)"``,
             ``"low_rank(0.5)"``) or theta text ``"(a|b|g|d|e|f|r)"``; also the MoE kinds
             ``"btt_moe"`` and ``"moe"`` (``MOE_STRUCTURES``).
@@ -123,6 +133,7 @@ class TrainConfig:
     """
 
     task: str = "regression"
+    task_options: dict[str, Any] = field(default_factory=dict, hash=False)
     structure: str = "dense"
     width: int = 64
     depth: int | None = None
@@ -163,8 +174,11 @@ class TrainConfig:
         def bad(name: str, expected: str) -> ValueError:
             return ValueError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
 
-        if not isinstance(self.task, str) or self.task not in task_names():
-            raise ValueError(f"TrainConfig.task must be one of {', '.join(task_names())}, got {self.task!r}")
+        if not isinstance(self.task, str) or not (self.task in task_names() or is_import_path(self.task)):
+            raise ValueError(f"TrainConfig.task must be one of {', '.join(task_names())} or an import path "
+                             f"'package.module:factory', got {self.task!r}")
+        accepted = accepted_options(self.task)  # imports a task named by its path: errors name it
+        self._check_task_options(accepted)
         if not isinstance(self.structure, str):
             raise bad("structure", "a structure name or theta text '(a|b|g|d|e|f|r)'")
         try:
@@ -203,13 +217,13 @@ class TrainConfig:
                 raise bad(name, "a number in [0, 1)")
         check_non_negative_float(self.grad_clip, "TrainConfig.grad_clip")
         for name, default in _TASK_RECIPE.items():
-            if getattr(self, name) != default and name not in task_options(self.task):
+            if getattr(self, name) != default and name not in accepted_options(self.task):
                 raise ValueError(f"TrainConfig.{name} is a setting of the GPT tasks; task {self.task!r} "
                                  f"takes none, got {name}={getattr(self, name)!r}")
         if self.data is not None:
             if not isinstance(self.data, str) or not self.data:
                 raise bad("data", "None or a non-empty path string")
-            if "data" not in task_options(self.task):
+            if "data" not in accepted_options(self.task):
                 raise ValueError(f"TrainConfig.data is only used by tasks that read a corpus; "
                                  f"task {self.task!r} takes none, got data={self.data!r}")
         if self.num_experts is not None:
@@ -232,10 +246,31 @@ class TrainConfig:
         layers with ``dense_norm`` off."""
         return self.einsum_norm and (self.dense_norm or not parse_structure(self.structure).has_dense_layers)
 
-    def task_options(self) -> dict[str, Any]:
-        """The keyword options of ``get_task(self.task, ...)``: the fields the task takes and that are set."""
-        accepted = task_options(self.task)
-        return {k: getattr(self, k) for k in _TASK_FIELDS if k in accepted and getattr(self, k) is not None}
+    def _check_task_options(self, accepted: set[str]) -> None:
+        opts = self.task_options
+        if not isinstance(opts, dict) or not all(isinstance(k, str) for k in opts):
+            raise ValueError(f"TrainConfig.task_options must be a mapping of option names to values, got {opts!r}")
+        try:
+            json.dumps(opts, sort_keys=True)
+        except (TypeError, ValueError):
+            raise ValueError(f"TrainConfig.task_options must hold JSON values (they are part of the run's "
+                             f"identity), got {opts!r}") from None
+        clash = sorted(set(opts) & set(_TASK_FIELDS))
+        if clash:
+            raise ValueError(f"TrainConfig.task_options: set {clash} as TrainConfig fields (train: section), not "
+                             "task_options")
+        if not _takes_any_option(self.task):
+            unknown = sorted(set(opts) - accepted)
+            if unknown:
+                raise ValueError(f"TrainConfig.task_options: task {self.task!r} does not take {unknown}; it takes "
+                                 f"{sorted(accepted) or 'no options'}")
+
+    def task_kwargs(self) -> dict[str, Any]:
+        """The keyword options of ``get_task(self.task, ...)``: the fields the task takes and that
+        are set, and ``task_options``."""
+        accepted = accepted_options(self.task)
+        fields = {k: getattr(self, k) for k in _TASK_FIELDS if k in accepted and getattr(self, k) is not None}
+        return {**fields, **self.task_options}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

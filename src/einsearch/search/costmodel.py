@@ -29,6 +29,7 @@ width. Two dense widths that land on the same width give that structure one run,
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,7 +38,7 @@ __all__ = ["flops_per_token", "width_candidates", "match_width", "task_for", "me
            "TRAIN_BYTES_PER_PARAM"]
 
 #: TrainConfig fields that change a model's FLOPs per token (besides task, structure, width)
-MODEL_OPTIONS = ("depth", "block_size", "data", "num_experts", "top_k", "einsum_norm")
+MODEL_OPTIONS = ("depth", "block_size", "data", "num_experts", "top_k", "einsum_norm", "task_options")
 
 
 def width_candidates(max_width: int, multiple: int = 16) -> list[int]:
@@ -53,11 +54,11 @@ def width_candidates(max_width: int, multiple: int = 16) -> list[int]:
 
 def task_for(task: str, train: Mapping[str, Any] | None = None) -> Any:
     """The task a sweep's runs use: ``task`` built with the options its ``train`` settings give
-    (``TrainConfig.task_options``), cached."""
+    (``TrainConfig.task_kwargs``), cached."""
     from .config import TrainConfig
 
     model_opts = {k: v for k, v in (train or {}).items() if k in MODEL_OPTIONS}
-    options = TrainConfig(task=task, **model_opts).task_options()
+    options = TrainConfig(task=task, **model_opts).task_kwargs()
     return _get_task(task, tuple(sorted(options.items())))
 
 
@@ -87,7 +88,7 @@ def _flops_cached(task_name: str, structure: str, width: int, options: tuple) ->
     from .config import TrainConfig
     from .train import build_model, count_forward_flops
 
-    opts = dict(options)
+    opts = {k: json.loads(v) if k == "task_options" else v for k, v in options}
     task = task_for(task_name, opts)
     try:
         theta = resolve_structure(structure)
@@ -120,7 +121,9 @@ def flops_per_token(task: str, structure: str, width: int,
     Raises ValueError (naming the structure and width) when the task cannot build that width.
     """
     train = dict(train or {})
-    options = tuple(sorted((k, train[k]) for k in MODEL_OPTIONS if k in train))
+    # hashable for the cache: a mapping (task_options) as its sorted JSON
+    options = tuple(sorted((k, json.dumps(train[k], sort_keys=True) if isinstance(train[k], Mapping) else train[k])
+                           for k in MODEL_OPTIONS if k in train))
     try:
         return _flops_cached(task, structure, int(width), options)
     except (ValueError, TypeError, RuntimeError) as err:

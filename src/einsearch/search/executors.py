@@ -443,12 +443,20 @@ class RayExecutor(Executor):
             raise ValueError(f"cannot connect to the Ray cluster at {self.address!r}: {err}") from None
         self._started = self._owns_init = True
 
-    def remote_options(self) -> dict[str, Any]:
-        """The resources and retries each run's Ray task asks for (``ray.remote(...).options``):
-        its CPUs and, for GPU runs, its share of a GPU (Ray then sets CUDA_VISIBLE_DEVICES, so
-        the run's ``cuda:0`` is its own GPU)."""
+    def remote_options(self, user_modules: bool = False) -> dict[str, Any]:
+        """The resources, retries and runtime environment each run's Ray task asks for
+        (``ray.remote(...).options``): its CPUs and, for GPU runs, its share of a GPU (Ray then
+        sets CUDA_VISIBLE_DEVICES, so the run's ``cuda:0`` is its own GPU); with ``user_modules``
+        (a run's task is an import path) PYTHONPATH = the driver's import path, so the task module
+        the driver imports is importable in the worker (on a remote cluster the same folders must
+        exist there, or the module be installed)."""
         opts: dict[str, Any] = {"num_cpus": self.num_cpus_per_run, "max_retries": self.max_retries,
                                 "retry_exceptions": False}
+        if user_modules:
+            # the driver's importable modules (a task named by its import path, found through
+            # PYTHONPATH or sys.path) reach the workers through the task's runtime environment
+            paths = [p for p in sys.path if p and os.path.isdir(p)]
+            opts["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
         if self.num_gpus_per_run > 0:
             opts["num_gpus"] = self.num_gpus_per_run
         return opts
@@ -493,7 +501,10 @@ class RayExecutor(Executor):
         import ray
         from ray.exceptions import RayError
 
-        task = ray.remote(_ray_task).options(**self.remote_options())
+        from .tasks import is_import_path
+
+        user_modules = any(is_import_path(getattr(c, "task", None)) for c in todo)
+        task = ray.remote(_ray_task).options(**self.remote_options(user_modules))
         fn_ref = ray.put(train_fn)
         refs = {task.remote(cfg, options, fn_ref, self.num_cpus_per_run): (cfg, time.perf_counter())
                 for cfg in todo}

@@ -50,12 +50,12 @@ def run_table(spec: SweepSpec) -> list[dict[str, Any]]:
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     train = {**defaults, **spec.train}
     steps, batch = train["steps"], train["batch_size"]
-    task = task_for(spec.task, spec.train)
+    task = task_for(spec.task, spec.settings())
     tokens = steps * batch * task.tokens_per_example
     rows = []
     for s in spec.structures:
         for w in spec.widths_for(s):
-            f = flops_per_token(spec.task, s, w, spec.train)
+            f = flops_per_token(spec.task, s, w, spec.settings())
             rows.append({"structure": s, "width": w, "flops_per_token": f, "steps": steps,
                          "batch_size": batch, "tokens": tokens, "compute": f * tokens,
                          "seeds": list(spec.seeds), "lrs": spec.lrs_for(s),
@@ -94,7 +94,7 @@ def check_memory(spec: SweepSpec, capacity_bytes: int, where: str, runs_per_devi
     need = {}
     for s in spec.structures:
         w = max(spec.widths_for(s))
-        need[s] = memory_per_run(spec.task, s, w, spec.train)
+        need[s] = memory_per_run(spec.task, s, w, spec.settings())
         if need[s] > budget:
             shared = f" shared by {runs_per_device} runs" if runs_per_device > 1 else ""
             raise ValueError(f"{s} at width {w} needs about {need[s] / 2**30:.2f} GiB to train (batch_size "
@@ -138,7 +138,7 @@ def lr_check_spec(spec: SweepSpec, *, factors: tuple[float, ...] = LR_CHECK_FACT
     check = SweepSpec(task=spec.task, structures=list(spec.structures),
                       widths={s: [w] for s, w in widths.items()}, seeds=spec.seeds[:1],
                       lrs={s: [lr * f for f in factors] for s, lr in transferred.items()},
-                      train=train, include_dense=False,
+                      train=train, include_dense=False, task_options=dict(spec.task_options),
                       description=f"lr check of: {spec.description}".strip())
     return check, transferred, widths
 

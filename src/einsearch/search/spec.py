@@ -103,6 +103,7 @@ class SweepSpec:
     description: str = ""
     match_compute: bool = False
     max_width_factor: float = 8.0
+    task_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -131,6 +132,12 @@ class SweepSpec:
         if not isinstance(self.train, Mapping):
             raise ValueError(f"train must be a mapping of TrainConfig fields, got {self.train!r}")
         self.train = dict(self.train)
+        if not isinstance(self.task_options, Mapping):
+            raise ValueError(f"task_options must be a mapping of the task's keyword options, got "
+                             f"{self.task_options!r}")
+        self.task_options = dict(self.task_options)
+        if "task_options" in self.train:
+            raise ValueError("train.task_options: set 'task_options' at the top level of the spec instead")
         for key in self.train:
             if key in _AXES:
                 raise ValueError(f"train.{key}: set '{_AXES[key]}' at the top level of the spec "
@@ -216,6 +223,10 @@ class SweepSpec:
                              f"(task {self.task!r} reads a text file or a directory of text "
                              "files)")
 
+    def settings(self) -> dict[str, Any]:
+        """Every run's TrainConfig settings besides the swept axes: ``train`` and ``task_options``."""
+        return {**self.train, **({"task_options": dict(self.task_options)} if self.task_options else {})}
+
     def widths_for(self, structure: str) -> list[int]:
         """The widths ``structure`` is trained at (given, or compute-matched to dense's)."""
         if structure not in self.structures:
@@ -258,8 +269,8 @@ class SweepSpec:
         if not candidates:
             return dense
         ref_name = ref if ref is not None else "dense"
-        return [match_width(flops_per_token(self.task, ref_name, w, self.train),
-                            lambda c: flops_per_token(self.task, structure, c, self.train),
+        return [match_width(flops_per_token(self.task, ref_name, w, self.settings()),
+                            lambda c: flops_per_token(self.task, structure, c, self.settings()),
                             candidates) for w in dense]
 
     def base_width(self) -> int:
@@ -287,10 +298,10 @@ class SweepSpec:
         for s in self.structures:
             widths = self.widths_for(s)
             for w in widths:
-                flops_per_token(self.task, s, w, self.train)
+                flops_per_token(self.task, s, w, self.settings())
             cfg = TrainConfig(task=self.task, structure=s, width=min(widths),
                               base_width=self.base_width(),
-                              **{k: v for k, v in self.train.items()
+                              **{k: v for k, v in self.settings().items()
                                  if k in fields and k != "base_width"})
             try:
                 build_model(cfg)
@@ -311,7 +322,7 @@ class SweepSpec:
         self.validate_train_keys()
         cls = _train_config_cls()
         out, seen = [], set()
-        train = dict(self.train)
+        train = self.settings()
         train.setdefault("base_width", self.base_width())
         for s in self.structures:
             for w in self.widths_for(s):
@@ -334,6 +345,8 @@ class SweepSpec:
             d.pop("match_compute")
         if d["max_width_factor"] == 8.0:
             d.pop("max_width_factor")
+        if not d["task_options"]:
+            d.pop("task_options")
         return d
 
 

@@ -137,7 +137,7 @@ def build_model(config: TrainConfig, task: Task | None = None) -> tuple[Task, nn
     Every structure goes through ``structurize`` (``"dense"`` included), so init scales,
     ``einsum_norm`` and learning-rate rules are the same code path for every structure.
     """
-    task = task if task is not None else get_task(config.task, **config.task_options())
+    task = task if task is not None else get_task(config.task, **config.task_kwargs())
     model = task.build_model(config.width, seed=config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
