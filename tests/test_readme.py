@@ -47,3 +47,8 @@ def test_cited_design_sections_exist():
 def test_no_citation_of_a_design_file_outside_the_repository():
     for path in [README, *ROOT.glob("src/**/*.py"), *ROOT.glob("tests/**/*.py"), *ROOT.glob("benchmarks/**/*.py")]:
         assert "DESIGN" + ".md" not in path.read_text(), f"{path.relative_to(ROOT)} cites the outside design file"
+
+
+def test_readme_task_example_is_the_tested_task_module():
+    code = (ROOT / "tests" / "search" / "data" / "user_task" / "sine_task.py").read_text()
+    assert f"```python\n{code}```" in README.read_text()
