@@ -1,4 +1,4 @@
-"""Command-line interface: ``einsearch info|search|report``."""
+"""Command-line interface: ``einsearch info|search|explore|report|tokenize|tune``."""
 
 from __future__ import annotations
 
@@ -292,6 +292,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tokenize(args: argparse.Namespace) -> int:
+    from .tasks import write_token_files
+
+    files = write_token_files(args.text, args.out, tokenizer=args.tokenizer, val_fraction=args.val_fraction)
+    print(f"wrote {files!r}; train with: einsearch search --task tokens --data {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="einsearch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -374,6 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "now, side by side in one process, instead of the runs' recorded times (for "
                         "sweeps whose runs shared the machine)")
     report.set_defaults(func=_cmd_report)
+
+    tokenize = sub.add_parser("tokenize", help="turn a text file into token files for --task tokens",
+                              description="Writes OUT/train.bin, OUT/val.bin (nanoGPT's format) and OUT/meta.json "
+                              "from a text file: bytes (vocabulary 256), or a local Hugging Face tokenizers "
+                              "file; nothing is downloaded.")
+    tokenize.add_argument("text", help="the text file")
+    tokenize.add_argument("out", help="the folder to write")
+    tokenize.add_argument("--tokenizer", default=None, metavar="FILE",
+                          help="a tokenizers file (tokenizer.json); default: bytes")
+    tokenize.add_argument("--val-fraction", type=_fraction, default=0.1, metavar="F",
+                          help="the last F of the ids are the validation split (default 0.1)")
+    tokenize.set_defaults(func=_cmd_tokenize)
 
     tune = sub.add_parser("tune", help="plan ahead: time the fast path's candidate programs, cache the choices",
                           description="Times every candidate program of each structure (d x d) per token "

@@ -215,13 +215,13 @@ class SweepSpec:
             return
         if not takes_data:
             return
+        what = ("a folder with train.bin and val.bin" if self.task == "tokens"
+                else "a text file or a directory of text files")
         if not isinstance(data, (str, os.PathLike)) or not str(data):
-            raise ValueError(f"--data / train.data: expected a path to a text file or a "
-                             f"directory, got {data!r}")
+            raise ValueError(f"--data / train.data: expected a path ({what}), got {data!r}")
         if not Path(str(data)).expanduser().exists():
             raise ValueError(f"--data / train.data: no such file or directory: {str(data)!r} "
-                             f"(task {self.task!r} reads a text file or a directory of text "
-                             "files)")
+                             f"(task {self.task!r} reads {what})")
 
     def settings(self) -> dict[str, Any]:
         """Every run's TrainConfig settings besides the swept axes: ``train`` and ``task_options``."""

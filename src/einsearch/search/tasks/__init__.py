@@ -18,9 +18,11 @@ from typing import Any
 from .base import Task, TensorSpec, step_generator
 from .charlm import CharLMTask, Corpus, decode, encode, load_corpus
 from .regression import RegressionTask
+from .tokens import TokenFiles, TokensTask, load_token_files, write_token_files
 
 __all__ = [
     "Task", "TensorSpec", "RegressionTask", "CharLMTask", "Corpus", "load_corpus", "encode", "decode",
+    "TokensTask", "TokenFiles", "load_token_files", "write_token_files",
     "get_task", "register_task", "task_names", "task_options", "step_generator", "is_import_path", "get_task_factory",
 ]
 
@@ -105,3 +107,4 @@ def get_task(name: str, **options: Any) -> Task:
 
 register_task("regression", RegressionTask)
 register_task("charlm", CharLMTask)
+register_task("tokens", TokensTask)

@@ -32,6 +32,7 @@ from einsearch._checks import check_positive_int
 
 from ..models.gpt import GPT, gpt_heads
 from .base import Task, TensorSpec, step_generator
+from .windows import random_windows
 
 __all__ = ["CharLMTask", "Corpus", "load_corpus", "encode", "decode", "VOCAB", "VOCAB_SIZE", "REPLACEMENT"]
 
@@ -213,8 +214,6 @@ class CharLMTask(Task):
                     f"charlm task: the {split} split of corpus {self.corpus.source!r} has {n} characters; "
                     f"block_size={block_size} needs at least {block_size + 1}"
                 )
-        self._train = torch.from_numpy(self.corpus.train.copy())
-        self._val = torch.from_numpy(self.corpus.val.copy())
         self._eval_cache: dict[tuple[int, int], list[tuple[Tensor, Tensor]]] = {}
         self.input_spec = TensorSpec((-1, block_size), "int64", f"token ids in [0, {VOCAB_SIZE})")
         self.output_spec = TensorSpec((-1, block_size, VOCAB_SIZE), "float", "next-token logits")
@@ -229,19 +228,15 @@ class CharLMTask(Task):
     def structured_select(self, name: str, module: nn.Module) -> bool:
         return GPT.is_structured_linear(name, module)
 
-    def _windows(self, data: Tensor, batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        T = self.block_size
-        starts = torch.randint(0, len(data) - T, (batch_size,), generator=g)
-        w = data[starts[:, None] + torch.arange(T + 1)].long()
-        return w[:, :-1], w[:, 1:]
-
     def batch(self, step: int, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        return self._windows(self._train, batch_size, step_generator(generator.initial_seed(), step, "charlm-train"))
+        return random_windows(self.corpus.train, self.block_size, batch_size,
+                              step_generator(generator.initial_seed(), step, "charlm-train"))
 
     def eval_batches(self, num_batches: int, batch_size: int) -> list[tuple[Tensor, Tensor]]:
         key = (num_batches, batch_size)
         if key not in self._eval_cache:
-            self._eval_cache[key] = [self._windows(self._val, batch_size, step_generator(0, i, "charlm-eval"))
+            self._eval_cache[key] = [random_windows(self.corpus.val, self.block_size, batch_size,
+                                                    step_generator(0, i, "charlm-eval"))
                                      for i in range(num_batches)]
         return self._eval_cache[key]
 
