@@ -200,3 +200,16 @@ def test_charlm_batches_select_and_errors(tmp_path):
         get_task("charlm", data=str(f), block_size=4096)
     with pytest.raises(FileNotFoundError):
         get_task("charlm", data=str(tmp_path / "nope"))
+
+
+def test_regression_labels_do_not_depend_on_the_callers_precision():
+    """Labels are cached per process and shared by every run: a bf16 run asking first must not
+    leave bf16-rounded labels behind for the fp32 runs after it."""
+    from einsearch.search.tasks.regression import get_teacher
+
+    teacher = get_teacher()
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    plain = teacher(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = teacher(x)
+    assert torch.equal(plain, under) and under.dtype == torch.float32

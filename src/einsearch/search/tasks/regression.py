@@ -64,14 +64,17 @@ class Teacher:
 
     @torch.no_grad()
     def raw(self, x: Tensor) -> Tensor:
-        """Unstandardized teacher output, shape (B, 1), computed in float32 in chunks."""
+        """Unstandardized teacher output, shape (B, 1), computed in float32 in chunks, with
+        autocast off: the labels define the task, so they must not depend on the precision of
+        the run that happens to ask for them first (they are cached and shared)."""
         outs = []
         gain = math.sqrt(2.0)
-        for chunk in x.float().split(_CHUNK):
-            h = chunk
-            for w in self.weights[:-1]:
-                h = torch.relu(h @ w) * gain
-            outs.append(h @ self.weights[-1])
+        with torch.autocast(x.device.type, enabled=False):
+            for chunk in x.float().split(_CHUNK):
+                h = chunk
+                for w in self.weights[:-1]:
+                    h = torch.relu(h @ w) * gain
+                outs.append(h @ self.weights[-1])
         return torch.cat(outs) if outs else x.new_zeros(0, 1)
 
     def __call__(self, x: Tensor) -> Tensor:
