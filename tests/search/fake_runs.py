@@ -111,6 +111,16 @@ def fake_train(config, options=None, progress=None):
     return r
 
 
+def counting_train(config, options=None, progress=None):
+    """``fake_train`` that appends the run id to the file named by ``config.data`` ("count:PATH")
+    and takes 0.3 s: counts how often each run is trained across processes."""
+    path = (getattr(config, "data", None) or "").split(":", 1)[1]
+    with open(path, "a") as fh:
+        fh.write(config.run_id() + "\n")
+    time.sleep(0.3)
+    return fake_train(config, options, progress)
+
+
 # ------------------------------------------------------------------------------------------
 # runs in the compute-optimal regime, for the report's estimator (analysis.analyze)
 

@@ -11,23 +11,35 @@ driver records each run in one transaction as it finishes, so a killed driver lo
 run. A run whose trainer raised is recorded ``failed`` (the next drive retries it); ``finished``
 and ``diverged`` are final. Sinks (:class:`Sink`: progress bars, experiment trackers) see every
 recorded run; they never see a run twice and never block the store.
+
+Several drivers on one output folder (a second terminal, a cluster job started twice) share the
+work: each run is claimed in the store just before it is handed to a worker, a run another live
+driver holds is left to it, and recording a run releases its claim. A heartbeat thread keeps this
+driver's claims fresh; the claims of a driver that died are taken over once its process is gone
+(same host) or its heartbeat is older than ``CLAIM_TTL_S``. No run is trained twice.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .store import ResultStore, structure_meta
+from .store import ResultStore, driver_id, structure_meta
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import RunOptions
     from .executors import Executor
 
-__all__ = ["drive", "DriveStats", "Sink", "ProgressBar", "run_cost"]
+__all__ = ["drive", "DriveStats", "Sink", "ProgressBar", "run_cost", "CLAIM_TTL_S", "HEARTBEAT_S"]
+
+#: a claim whose driver has not beaten for this long is free (the driver died on another host)
+CLAIM_TTL_S = 60.0
+#: seconds between a driver's heartbeats
+HEARTBEAT_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +67,7 @@ class DriveStats:
 
     total: int
     skipped: int
+    elsewhere: int = 0   # held by another driver when this one reached them
     finished: int = 0
     diverged: int = 0
     failed: int = 0
@@ -78,6 +91,29 @@ def unique_by_run_id(configs: Iterable[Any]) -> list[Any]:
     return list(first.values())
 
 
+class _Heartbeat:
+    """Refreshes ``driver``'s claims every ``HEARTBEAT_S`` seconds on a connection of its own."""
+
+    def __init__(self, path: Any, driver: str):
+        self._store = ResultStore(path)
+        self._driver = driver
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="einsearch-claims-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._store.heartbeat(self._driver)
+            except Exception:  # noqa: BLE001 - a missed beat only risks a takeover after the TTL
+                log.debug("claims heartbeat failed", exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._store.close()
+
+
 def drive(store: ResultStore, executor: Executor, configs: Iterable[Any], *,
           options: RunOptions | None = None, train_fn: Callable | None = None,
           sinks: Sequence[Sink] = ()) -> DriveStats:
@@ -86,6 +122,7 @@ def drive(store: ResultStore, executor: Executor, configs: Iterable[Any], *,
 
     ``options`` (device, threads, checkpoints) go to every run; ``train_fn`` replaces
     ``einsearch.search.train.train`` (a module-level function, so that workers can import it).
+    Runs another live driver holds are left to it (``DriveStats.elsewhere``).
     """
     unique = unique_by_run_id(configs)
     done = store.finished_run_ids()
@@ -102,8 +139,20 @@ def drive(store: ResultStore, executor: Executor, configs: Iterable[Any], *,
 
     execution = {"executor": executor.describe(), "concurrency": executor.concurrency,
                  "runs_per_device": executor.runs_per_device}
+    me = driver_id()
+
+    def claimed(candidates: list[Any]) -> Iterator[Any]:
+        for cfg in candidates:
+            if store.claim(cfg.run_id(), me, CLAIM_TTL_S):
+                yield cfg
+            else:
+                stats.elsewhere += 1
+                log.info("run %s (%s w=%s) is being trained by another driver; left to it", cfg.run_id(),
+                         cfg.structure, cfg.width)
+
+    heartbeat = _Heartbeat(store.path, me)
     try:
-        for outcome in executor.run(todo, train_fn, progress, options):
+        for outcome in executor.run(claimed(todo), train_fn, progress, options):
             cfg = outcome.config
             meta = structure_meta(cfg.structure)
             if outcome.status == "ok":
@@ -127,8 +176,13 @@ def drive(store: ResultStore, executor: Executor, configs: Iterable[Any], *,
             for sink in sinks:
                 sink.on_run(cfg, "failed", None, str(outcome.payload))
     finally:
+        heartbeat.stop()
+        store.release(me)  # whatever this driver still holds (it stopped early) is free again
         for sink in sinks:
             sink.close()
+    if stats.elsewhere:
+        log.warning("%d run(s) were left to another driver on %s; its report will include them",
+                    stats.elsewhere, store.path)
     return stats
 
 

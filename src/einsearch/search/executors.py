@@ -242,9 +242,7 @@ class LocalExecutor(Executor):
 
     def run(self, configs: Iterable[Any], train_fn: Callable | None = None,
             progress: Progress | None = None, options: Any | None = None) -> Iterator[RunOutcome]:
-        todo = list(configs)
-        if not todo:
-            return iter(())
+        todo = iter(configs)  # pulled lazily: a driver may claim each run as it is submitted
         if self.jobs == 1:
             if self.devices and options is not None:
                 options = options.replace(device=self.devices[0])
@@ -252,7 +250,7 @@ class LocalExecutor(Executor):
         return self._parallel(todo, train_fn, options)
 
     @staticmethod
-    def _serial(todo: list, train_fn: Callable | None, progress: Progress | None,
+    def _serial(todo: Iterator[Any], train_fn: Callable | None, progress: Progress | None,
                 options: Any | None) -> Iterator[RunOutcome]:
         fn = train_fn or _default_train()
         for cfg in todo:
@@ -269,10 +267,10 @@ class LocalExecutor(Executor):
                 continue
             yield RunOutcome(cfg, "ok", result, time.perf_counter() - start)
 
-    def _parallel(self, todo: list, train_fn: Callable | None, options: Any | None) -> Iterator[RunOutcome]:
+    def _parallel(self, todo: Iterator[Any], train_fn: Callable | None, options: Any | None) -> Iterator[RunOutcome]:
         jobs = self.jobs
         ctx = multiprocessing.get_context("spawn")
-        pending = collections.deque(todo)
+        pending = todo
         suspects: collections.deque = collections.deque()
         deaths: dict[int, int] = collections.Counter()  # id(config) -> deaths charged to it
         tries: dict[int, int] = collections.Counter()  # id(config) -> submissions
@@ -301,8 +299,11 @@ class LocalExecutor(Executor):
                     submit(suspects.popleft())
                     isolating = True
                 elif not isolating:
-                    while pending and len(in_flight) < jobs:
-                        submit(pending.popleft())
+                    while len(in_flight) < jobs:
+                        cfg = next(pending, None)
+                        if cfg is None:
+                            break
+                        submit(cfg)
                 if not in_flight:
                     break
                 finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)

@@ -25,7 +25,11 @@ Statuses: ``finished`` and ``diverged`` are final (a diverged run is a result, n
 and is never retried); ``failed`` (the trainer raised) is recorded with its error and retried by
 the next sweep.
 
-Only one process writes (the sweep's parent); readers may open the file at any time.
+Drivers. Only drivers write (a sweep's parent process; never its workers). Several drivers may
+share one store: each claims a run before training it (``claim``, the ``claims`` table, a
+heartbeat per driver) and skips runs another live driver holds, so no run is trained twice; a
+claim of a driver that died (process gone on this host, or heartbeat older than the TTL) is
+taken over. Readers may open the file at any time.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +47,8 @@ from typing import Any
 
 from ._io import finite_or_none, utc_now_iso
 
-__all__ = ["ResultStore", "RunRow", "PointRow", "StoreError", "SCHEMA_VERSION", "FINAL_STATUSES"]
+__all__ = ["ResultStore", "RunRow", "PointRow", "StoreError", "SCHEMA_VERSION", "FINAL_STATUSES", "driver_id",
+           "driver_alive"]
 
 SCHEMA_VERSION = 2
 APPLICATION = "einsearch"
@@ -101,11 +108,41 @@ CREATE INDEX IF NOT EXISTS runs_by_structure ON runs (task, structure);
 """ + _METRICS_TABLE
 
 #: version 1 -> 2, in one transaction: the columns and the table version 2 added
-_MIGRATE_1_TO_2 = ("ALTER TABLE runs ADD COLUMN device TEXT;"
-                   "ALTER TABLE runs ADD COLUMN precision TEXT;"
-                   "ALTER TABLE runs ADD COLUMN execution_json TEXT;"
-                   "ALTER TABLE points ADD COLUMN elapsed_s REAL;" + _METRICS_TABLE
-                   + "UPDATE einsearch_meta SET value = '2' WHERE key = 'schema_version';")
+_MIGRATE_1_TO_2 = ("ALTER TABLE runs ADD COLUMN device TEXT",
+                   "ALTER TABLE runs ADD COLUMN precision TEXT",
+                   "ALTER TABLE runs ADD COLUMN execution_json TEXT",
+                   "ALTER TABLE points ADD COLUMN elapsed_s REAL", _METRICS_TABLE,
+                   "UPDATE einsearch_meta SET value = '2' WHERE key = 'schema_version'")
+
+#: which driver is training which run (coordination between drivers on one folder, not results)
+_CLAIMS_TABLE = """
+CREATE TABLE IF NOT EXISTS claims (
+    run_id    TEXT PRIMARY KEY,
+    driver    TEXT NOT NULL,
+    heartbeat REAL NOT NULL
+)
+"""
+
+
+def driver_id() -> str:
+    """This process as a claim's driver: ``host:pid:nonce`` (the nonce tells two drivers of one
+    pid apart, e.g. after a pid is reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+def driver_alive(driver: str) -> bool:
+    """False only when ``driver`` ran on this host and its process is gone."""
+    host, _, rest = driver.partition(":")
+    pid = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class StoreError(ValueError):
@@ -225,7 +262,7 @@ class ResultStore:
             f"INSERT OR IGNORE INTO einsearch_meta (key, value) VALUES ('{k}', '{v}');"
             for k, v in meta)
         # one script, one transaction: a kill here leaves either no schema or all of it
-        self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + inserts + "COMMIT;")
+        self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + _CLAIMS_TABLE + ";" + inserts + "COMMIT;")
 
     def _check_existing(self) -> None:
         tables = {r[0] for r in self._conn.execute(
@@ -246,9 +283,19 @@ class ResultStore:
                 f"{self.path} has store schema version {version}, newer than this einsearch "
                 f"supports ({SCHEMA_VERSION}); upgrade einsearch")
         if version == 1:
-            self._conn.executescript("BEGIN IMMEDIATE;" + _MIGRATE_1_TO_2 + "COMMIT;")
+            self._migrate_1_to_2()
         elif version != SCHEMA_VERSION:
             raise StoreError(f"{self.path} has an unknown store schema version {version}")
+        self._conn.execute(_CLAIMS_TABLE)
+
+    def _migrate_1_to_2(self) -> None:
+        """Add what schema 2 has, once, in one transaction (another process may be migrating the
+        same file: the version is read again under the write lock)."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT value FROM einsearch_meta WHERE key='schema_version'").fetchone()
+            if row is not None and int(row[0]) == 1:
+                for statement in _MIGRATE_1_TO_2:
+                    conn.execute(statement)
 
     class _Tx:
         def __init__(self, conn: sqlite3.Connection):
@@ -353,6 +400,7 @@ class ResultStore:
         with self._transaction() as conn:
             conn.execute("DELETE FROM points WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM claims WHERE run_id = ?", (run_id,))
             conn.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})",
                          [row[c] for c in _RUN_COLUMNS])
             conn.executemany(
@@ -360,6 +408,41 @@ class ResultStore:
                 [(run_id, *p) for p in points])
             conn.executemany("INSERT OR REPLACE INTO metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)",
                              [(run_id, *m) for m in metrics])
+
+    # -- claims: several drivers on one store ------------------------------------------------
+    def claim(self, run_id: str, driver: str, ttl_s: float) -> bool:
+        """Take run ``run_id`` for ``driver`` unless it is final or another driver holds it: a
+        claim whose heartbeat is older than ``ttl_s`` seconds, or whose driver process is gone
+        (same host), is taken over. True when ``driver`` holds it afterwards."""
+        now = time.time()
+        with self._transaction() as conn:
+            marks = ", ".join("?" for _ in FINAL_STATUSES)
+            if conn.execute(f"SELECT 1 FROM runs WHERE run_id = ? AND status IN ({marks})",
+                            (run_id, *FINAL_STATUSES)).fetchone():
+                return False
+            row = conn.execute("SELECT driver, heartbeat FROM claims WHERE run_id = ?", (run_id,)).fetchone()
+            if row is not None and row[0] != driver and now - row[1] <= ttl_s and driver_alive(row[0]):
+                return False
+            conn.execute("INSERT OR REPLACE INTO claims (run_id, driver, heartbeat) VALUES (?, ?, ?)",
+                         (run_id, driver, now))
+            return True
+
+    def heartbeat(self, driver: str) -> None:
+        """Keep ``driver``'s claims alive."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE claims SET heartbeat = ? WHERE driver = ?", (time.time(), driver))
+
+    def release(self, driver: str, run_id: str | None = None) -> None:
+        """Drop ``driver``'s claim on ``run_id`` (None: all of its claims)."""
+        with self._transaction() as conn:
+            if run_id is None:
+                conn.execute("DELETE FROM claims WHERE driver = ?", (driver,))
+            else:
+                conn.execute("DELETE FROM claims WHERE driver = ? AND run_id = ?", (driver, run_id))
+
+    def claims(self) -> dict[str, str]:
+        """Current claims: ``{run_id: driver}``."""
+        return dict(self._conn.execute("SELECT run_id, driver FROM claims"))
 
     # -- reading ----------------------------------------------------------------------------
     def finished_run_ids(self) -> set[str]:

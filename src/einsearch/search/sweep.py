@@ -44,6 +44,7 @@ class SweepOutcome:
     out_dir: Path
     total: int
     skipped: int
+    elsewhere: int = 0   # runs another driver on the same folder was training
     finished: int = 0
     diverged: int = 0
     failed: int = 0
@@ -58,7 +59,8 @@ class SweepOutcome:
 
     @classmethod
     def of(cls, out_dir: Path, stats: DriveStats) -> "SweepOutcome":
-        return cls(out_dir=out_dir, total=stats.total, skipped=stats.skipped, finished=stats.finished,
+        return cls(out_dir=out_dir, total=stats.total, skipped=stats.skipped, elsewhere=stats.elsewhere,
+                   finished=stats.finished,
                    diverged=stats.diverged, failed=stats.failed, failures=list(stats.failures))
 
 
@@ -138,6 +140,9 @@ def format_outcome(outcome: SweepOutcome) -> str:
     lines = [f"{outcome.total} runs: {outcome.skipped} already done, {outcome.finished} finished, "
              f"{outcome.diverged} diverged, {outcome.failed} failed "
              f"({outcome.wall_time_s:.0f} s) -> {outcome.out_dir}"]
+    if outcome.elsewhere:
+        lines.append(f"  {outcome.elsewhere} run(s) were being trained by another driver on this folder: "
+                     "its report will include them (or run this command again when it is done)")
     for structure, width, err in outcome.failures:
         lines.append(f"  failed: {structure} width {width}: {err}")
     if outcome.report_error:
