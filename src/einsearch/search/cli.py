@@ -19,6 +19,7 @@ from .device import PRECISIONS
 from .executors import EXECUTORS
 from .explore.spec import OBJECTIVES
 from .report.summary import DEFAULT_BOOTSTRAP, LOSSES
+from .trackers import TRACKERS, check_trackers, make_trackers
 
 #: where mid-run checkpoints live under a search's output folder
 CHECKPOINT_FOLDER = "checkpoints"
@@ -193,6 +194,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{args.preset}"
     where = _placement(args, out)
     options = where.options
+    check_trackers(args.track)  # a backend that is not installed fails before anything is written
     spec = load_spec(args.preset, task=args.task, structures=args.structures, widths=args.widths,
                      steps=args.steps, data=args.data, seeds=args.seeds,
                      precision=None if where.precision == "fp32" else where.precision)
@@ -211,7 +213,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             return 0 if result["failed"] == 0 else 1
         print(f"einsearch search: preset {args.preset!r}, task {spec.task} on {executor.describe()}, device "
               f"{options.device}, {spec.train.get('precision', 'fp32')} -> {out}", flush=True)
-        outcome = run_sweep(spec, out, executor, options=options, show_progress=not args.quiet)
+        outcome = run_sweep(spec, out, executor, options=options, show_progress=not args.quiet,
+                            sinks=make_trackers(args.track, out, Path(out).name))
     print(format_outcome(outcome))
     return 0 if outcome.ok else 1
 
@@ -224,8 +227,9 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     print(f"einsearch explore: preset {name!r}, {args.trials} trials, objective {args.objective} "
           f"-> {out}", flush=True)
     where = _placement(args, out)
+    trackers = make_trackers(args.track, out, Path(out).name)
     with where.executor(args) as executor:
-        outcome = explore(name, out, trials=args.trials, executor=executor, storage=args.storage,
+        outcome = explore(name, out, trials=args.trials, executor=executor, storage=args.storage, sinks=trackers,
                           timeout=args.timeout, objective=args.objective, show_progress=not args.quiet,
                           options=where.options, precision=None if where.precision == "fp32" else where.precision)
     cmp_ = (outcome.summary or {}).get("comparison")
@@ -253,6 +257,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    "unfinished runs from them")
     p.add_argument("--runs-per-gpu", type=_positive_int, default=1, metavar="N",
                    help="on GPUs: N runs share each device (one worker each); default 1")
+
+
+def _add_track_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--track", action="append", choices=tuple(TRACKERS), default=None, metavar="BACKEND",
+                   help=f"log every run's curve (and the report) to {', '.join(TRACKERS)}, offline under --out; "
+                   "repeatable; each is an optional extra (pip install 'einsearch[tensorboard]')")
 
 
 def _add_executor_options(p: argparse.ArgumentParser) -> None:
@@ -335,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "transferred one (results in OUT/lr_check/)")
     _add_run_options(search)
     _add_executor_options(search)
+    _add_track_option(search)
     search.set_defaults(func=_cmd_search)
 
     explore = sub.add_parser("explore", help="search the whole theta space with Optuna",
@@ -350,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="parallel runs (local worker processes / Ray CPUs)")
     _add_run_options(explore)
     _add_executor_options(explore)
+    _add_track_option(explore)
     explore.add_argument("--storage", default=None,
                          help="Optuna storage URL shared by several drivers (default: "
                          "sqlite:///OUT/explore.db)")

@@ -60,6 +60,9 @@ class Sink:
     def close(self) -> None:  # noqa: B027 - optional hook
         """After the last run (also when the drive stops on an exception)."""
 
+    def on_report(self, summary: dict[str, Any], out_dir: Any) -> None:  # noqa: B027 - optional hook
+        """The command wrote its report (``summary``, the files in ``out_dir``) after the loop."""
+
 
 @dataclass
 class DriveStats:

@@ -113,6 +113,9 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike[str], executor: Any | 
         except (ValueError, FileNotFoundError) as err:
             outcome.report_error = str(err)
             log.error("no report: %s", err)
+        if outcome.summary is not None:
+            for sink in sinks:
+                sink.on_report(outcome.summary, out)
     return outcome
 
 

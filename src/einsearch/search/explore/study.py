@@ -161,13 +161,14 @@ def explore(preset: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, 
             storage: str | None = None, timeout: float | None = None,
             objective: str = "multiplier", train_fn: Callable | None = None,
             show_progress: bool = True, options: Any | None = None,
-            precision: str | None = None) -> ExploreOutcome:
+            precision: str | None = None, sinks: Any = ()) -> ExploreOutcome:
     """Run (or resume) the search of ``preset`` into ``out_dir``; see the module docstring.
 
-    ``executor`` is an executor name (``local`` with ``jobs`` workers, ``ray`` at ``address``)
-    or an :class:`~einsearch.search.executors.Executor` (closed at the end); ``options``
-    (``RunOptions``: device, threads, checkpoints) go to every run; ``precision``
-    (``bf16``, ``fp16``) overrides the spec's ``train.precision``. Every argument
+    ``sinks`` (trackers) see every recorded run. ``executor`` is an executor name (``local``
+    with ``jobs`` workers, ``ray`` at ``address``) or an
+    :class:`~einsearch.search.executors.Executor` (closed at the end); ``options``
+    (``RunOptions``: device, threads, checkpoints) go to every run; ``precision`` (``bf16``,
+    ``fp16``) overrides the spec's ``train.precision``. Every argument
     is checked before anything is trained or written: a bad preset, ``trials``
     < 1, a bad ``timeout`` or ``objective``, an unknown executor, an unreachable Ray address
     or a storage URL that cannot be opened raise ValueError."""
@@ -181,11 +182,11 @@ def explore(preset: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, 
         return _explore(preset, out_dir, trials=trials, jobs=jobs, executor=executor,
                         address=address, storage=storage, timeout=timeout, objective=objective,
                         train_fn=train_fn, show_progress=show_progress, options=options,
-                        precision=precision)
+                        precision=precision, sinks=sinks)
 
 
 def _explore(preset, out_dir, *, trials, jobs, executor, address, storage, timeout, objective,
-             train_fn, show_progress, options, precision) -> ExploreOutcome:
+             train_fn, show_progress, options, precision, sinks) -> ExploreOutcome:
     import optuna
 
     from ..executors import get_executor
@@ -222,7 +223,7 @@ def _explore(preset, out_dir, *, trials, jobs, executor, address, storage, timeo
             load_if_exists=True)
         _check_same_spec(study, spec)
         outcome = ExploreOutcome(out_dir=out, study_name=study.study_name, storage=redact(url))
-        runner = _Runner(spec, study, study_storage, ex, out, train_fn, multi, show_progress, options)
+        runner = _Runner(spec, study, study_storage, ex, out, train_fn, multi, show_progress, options, sinks)
         try:
             runner.loop(trials, timeout, t0, outcome)
         finally:
@@ -248,8 +249,9 @@ def _check_same_spec(study, spec: ExploreSpec) -> None:
 
 class _Runner:
     def __init__(self, spec: ExploreSpec, study, storage, executor, out: Path, train_fn,
-                 multi: bool, show_progress: bool, options: Any = None):
+                 multi: bool, show_progress: bool, options: Any = None, sinks: Any = ()):
         self.spec, self.study, self.ex, self.out = spec, study, executor, out
+        self.sinks = list(sinks)
         self.train_fn, self.multi, self.show, self.options = train_fn, multi, show_progress, options
         self.store = ResultStore(out / "results.sqlite")
         self.storage = storage
@@ -273,7 +275,7 @@ class _Runner:
 
     # -- training -------------------------------------------------------------------------
     def train(self, configs: list, outcome: ExploreOutcome) -> None:
-        stats = drive(self.store, self.ex, configs, options=self.options, train_fn=self.train_fn)
+        stats = drive(self.store, self.ex, configs, options=self.options, train_fn=self.train_fn, sinks=self.sinks)
         outcome.runs_trained += stats.trained
         outcome.runs_failed += stats.failed
 
