@@ -262,3 +262,31 @@ def test_densify_leaves_an_moe_layer_with_a_reason():
     assert summary.layers == [] and "no single dense weight" in summary.skipped_reasons["0"]
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         densify("model")
+
+
+def test_a_head_tied_to_the_embedding_is_the_readout_not_the_last_linear_layer(caplog):
+    """nanoGPT-style: the LM head shares the token embedding's weight and nothing is declared;
+    only the tied head stays dense (the last-defined linear layer is structured)."""
+    from einsearch.select import find_readout
+
+    class TinyLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = torch.nn.Embedding(50, 32)
+            self.lm_head = torch.nn.Linear(32, 50, bias=False)
+            self.lm_head.weight = self.wte.weight          # tied
+            self.fc = torch.nn.Linear(32, 128)
+            self.proj = torch.nn.Linear(128, 32)            # defined last
+
+        def forward(self, idx):
+            h = self.wte(idx)
+            return self.lm_head(h + self.proj(torch.relu(self.fc(h))))
+
+    model = TinyLM()
+    readout = find_readout(model)
+    assert readout.names == ("lm_head",) and not readout.heuristic and "tied" in readout.source
+    summary = structurize(model, "monarch")
+    assert isinstance(model.proj, EinsumLinear) and isinstance(model.fc, EinsumLinear)
+    assert isinstance(model.lm_head, torch.nn.Linear) and "guess" not in caplog.text
+    assert model(torch.randint(0, 50, (2, 5))).shape == (2, 5, 50) and summary.layers
+    assert "readout (tied" in summary.skipped_reasons["lm_head"]  # the summary says which rule chose it

@@ -9,8 +9,9 @@ Selection works the way PEFT's ``target_modules`` does:
 - The default (``select=None``) is every linear layer but the readout. The readout is what the
   model declares (:func:`find_readout`): a submodule with ``is_readout = True`` (muP's
   ``MuReadout`` idea; ``MuReadout`` itself is recognised), a model attribute ``readout_name``
-  (a name or a list of names), or a Hugging Face model's ``get_output_embeddings()``. Only when
-  the model declares nothing is the last linear layer in module order taken, with a logged
+  (a name or a list of names), or a Hugging Face model's ``get_output_embeddings()``; else a
+  linear layer whose weight is tied to an embedding (a tied LM head, as in nanoGPT). Only when
+  nothing identifies one is the last linear layer in module order taken, with a logged
   warning and a note in the summary.
 
 Some layers cannot be replaced whatever the selection says, because something else reads their
@@ -100,8 +101,9 @@ def find_readout(model: nn.Module, candidates: list[tuple[str, nn.Module]] | Non
 
     Declarations, in order: submodules with ``is_readout = True`` (or of a class named
     ``MuReadout``); ``model.readout_name`` (a name or a list of names); a Hugging Face
-    ``model.get_output_embeddings()``. ``candidates`` are the (name, module) linear layers in
-    module order, for the fallback.
+    ``model.get_output_embeddings()``. Then a linear layer whose weight is tied to an
+    embedding (a tied LM head). Only when nothing identifies one, the last of ``candidates``
+    (the (name, module) linear layers in module order), with a warning.
 
     Raises:
         ValueError: ``model.readout_name`` names a module the model does not have.
@@ -132,6 +134,9 @@ def find_readout(model: nn.Module, candidates: list[tuple[str, nn.Module]] | Non
             names = tuple(n for n, m in model.named_modules() if m is head)
             if names:
                 return Readout(names, "declared: get_output_embeddings()")
+    tied = _tied_to_embedding(model)
+    if tied:
+        return Readout(tied, "tied: its weight is an embedding's (the output layer of a tied LM head)")
     if candidates is None:
         candidates = _plain_linears(model)
     if not candidates:
@@ -140,6 +145,14 @@ def find_readout(model: nn.Module, candidates: list[tuple[str, nn.Module]] | Non
     log.warning("structurize: %s declares no readout (is_readout, readout_name or get_output_embeddings); "
                 "keeping the last linear layer %r dense as the readout", type(model).__name__, name)
     return Readout((name,), "heuristic: last linear layer in module order", heuristic=True)
+
+
+def _tied_to_embedding(model: nn.Module) -> tuple[str, ...]:
+    """Linear layers whose weight is the very tensor of an ``nn.Embedding`` (nanoGPT's and GPT-2's
+    tied LM head): they map the residual stream back to the vocabulary, so they are the readout."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return tuple(n for n, m in model.named_modules()
+                 if isinstance(m, nn.Linear) and id(m.weight) in embeddings)
 
 
 def _plain_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
