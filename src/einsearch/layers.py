@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EinsumLinearConfig:
-    """What defines a layer; kept in the module's state_dict as extra state."""
+    """What defines a layer (``structure_dict``; the state dict holds tensors only)."""
 
     theta: str
     d_in: int
@@ -226,19 +226,25 @@ class EinsumLinear(StructuredLinear):
         )
 
     # ------------------------------------------------------- (de)serialization
-    def get_extra_state(self) -> dict[str, Any]:
-        return asdict(self.config)
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """State dicts hold tensors only (safetensors and Hugging Face's sharded saving need it);
+        the structure lives in ``einsearch.save_structured``'s config. A checkpoint written
+        before that still carries ``_extra_state`` (theta and widths): it is checked against this
+        layer and dropped, so old ``torch.save`` files keep loading, or fail naming both."""
+        old = state_dict.pop(prefix + "_extra_state", None)
+        if isinstance(old, dict):
+            same = (old.get("d_in") == self.d_in and old.get("d_out") == self.d_out
+                    and Theta.parse(str(old.get("theta"))) == self.theta)
+            if not same:
+                raise ValueError(
+                    f"state_dict is for EinsumLinear(theta={old.get('theta')}, d_in={old.get('d_in')}, "
+                    f"d_out={old.get('d_out')}); this layer is theta={self.theta}, d_in={self.d_in}, "
+                    f"d_out={self.d_out}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        mine = asdict(self.config)
-        theirs = {k: state.get(k) for k in ("theta", "d_in", "d_out")}
-        same_widths = theirs["d_in"] == self.d_in and theirs["d_out"] == self.d_out
-        if Theta.parse(str(theirs["theta"])) != self.theta or not same_widths:
-            raise ValueError(
-                f"state_dict is for EinsumLinear(theta={theirs['theta']}, d_in={theirs['d_in']}, "
-                f"d_out={theirs['d_out']}); this layer is theta={mine['theta']}, d_in={self.d_in}, "
-                f"d_out={self.d_out}"
-            )
+    def structure_dict(self) -> dict[str, Any]:
+        """What rebuilds this layer (``einsearch.save_structured``'s config entry)."""
+        return {"kind": "einsum_linear", **asdict(self.config)}
 
     def _repr_head(self) -> list[str]:
         return [f"theta={self.plan.theta}"]

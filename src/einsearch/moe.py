@@ -362,6 +362,9 @@ class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
 
     # ----------------------------------------------------------------- forward
     def _forward_2d(self, x2: Tensor) -> Tensor:
+        if x2.is_meta:  # sizing without memory: routing needs values, the shape does not
+            self.aux_loss = x2.new_zeros(())
+            return x2.new_empty(x2.shape[0], self.d_out)
         routing = self.router(x2)
         self.aux_loss = routing.aux
         return crop_output(self._experts(pad_input(x2, self.expert_plan), _dispatch(routing)), self.expert_plan)
@@ -518,6 +521,9 @@ class MoEFFN(_HoldsAuxLoss, nn.Module):
             return self._forward_2d(x2.to(low)).reshape(*lead, self.width)
 
     def _forward_2d(self, x2: Tensor) -> Tensor:
+        if x2.is_meta:  # sizing without memory: routing needs values, the shape does not
+            self.aux_loss = x2.new_zeros(())
+            return x2.new_empty(x2.shape)
         routing = self.router(x2)
         self.aux_loss = routing.aux
         groups = _dispatch(routing)
@@ -587,7 +593,8 @@ def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2, *, router_lr:
             raise ValueError(f"moeify: {name} has shape {width}->{hidden}->{proj.out_features}; "
                              "expected w -> m*w -> w")
         new = MoEFFN(width, num_experts, top_k, hidden // width,
-                     zero_init=bool((proj.weight.detach() == 0).all()), router_lr=router_lr, router_init=router_init,
+                     zero_init=not proj.weight.is_meta and bool((proj.weight.detach() == 0).all()),
+                     router_lr=router_lr, router_init=router_init,
                      device=fc.weight.device, dtype=fc.weight.dtype)
         set_submodule(model, name, new)
         summary.layers.append(ReplacedLayer(

@@ -111,7 +111,8 @@ def select_predicate(select: Select, model: nn.Module) -> Callable[[str, nn.Modu
 
 
 def linear_dims(module: nn.Module) -> tuple[int, int, bool, bool]:
-    """(d_in, d_out, has_bias, is_zero) of an nn.Linear or Conv1D (weight (in, out))."""
+    """(d_in, d_out, has_bias, is_zero) of an nn.Linear or Conv1D (weight (in, out)); a weight
+    on the ``meta`` device has no values, so it is not zero (a model sized without memory)."""
     weight = module.weight
     if not isinstance(weight, Tensor):
         raise TypeError(f"{type(module).__name__} has no weight tensor")
@@ -119,7 +120,7 @@ def linear_dims(module: nn.Module) -> tuple[int, int, bool, bool]:
         d_in, d_out = module.in_features, module.out_features
     else:
         d_in, d_out = weight.shape
-    is_zero = bool((weight.detach() == 0).all())
+    is_zero = not weight.is_meta and bool((weight.detach() == 0).all())
     return d_in, d_out, module.bias is not None, is_zero
 
 

@@ -15,7 +15,9 @@ candidates on first use and caching the choice per machine (docs/design.md secti
 
 Under autocast (a structured layer casts to the autocast dtype and calls in with autocast off,
 so this is only a direct call under autocast), for mixed or non-floating dtypes, non-2-D
-inputs, zero tokens or inside ``torch.compile`` tracing, the reference path runs.
+inputs, zero tokens, on the ``meta`` device (sizing a model allocates nothing and times
+nothing), inside ``torch.compile`` tracing or a ``torch.func`` transform (vmap, grad), the
+reference path runs.
 """
 
 from __future__ import annotations
@@ -47,9 +49,17 @@ def einsum_linear(x: Tensor, a: Tensor, b: Tensor, plan: EinsumPlan) -> Tensor:
     """(n, d_in) -> (n, d_out); same contract (values and gradients) as ``einsum_linear_reference``."""
     if (x.dim() != 2 or x.shape[0] == 0 or x.dtype != a.dtype or x.dtype != b.dtype
             or not x.dtype.is_floating_point or autocast_dtype(x) is not None
-            or torch.compiler.is_compiling()):
+            or torch.compiler.is_compiling() or x.device.type == "meta" or _functorch_active()):
         return einsum_linear_reference(x, a, b, plan)
     return get_planner().select(plan, x, a, b).run(x, a, b, plan)
+
+
+def _functorch_active() -> bool:
+    """Inside a ``torch.func`` transform (vmap, grad, jacrev, ...): the planner would time its
+    candidates on random data inside the transform, and the programs' autograd Functions are not
+    written for batching rules; the reference path is plain einsums, which every transform takes."""
+    check = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(check()) if check is not None else False
 
 
 def clear_buffers() -> int:
