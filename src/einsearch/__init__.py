@@ -16,6 +16,7 @@ Public API::
     StructuredMultiheadAttention       # nn.MultiheadAttention with separate q/k/v/out layers
     BTTMoELinear, MoEFFN, moeify       # mixtures of experts in every linear layer / every FFN
     expert_stats                       # their routing (load per expert, entropy, aux loss)
+    save_structured, load_structured   # safetensors + a config; rebuilt on a fresh dense model
 
 The search pipeline (tasks, training, the results store, sweeps, analysis, the report and
 the CLI) lives in :mod:`einsearch.search`; ``import einsearch`` does not load it. Its names
@@ -38,6 +39,7 @@ from .moe import ROUTER_INITS, ROUTER_LRS, BTTMoELinear, MoEFFN, aux_loss, exper
 from .mup import lr_multipliers, param_groups
 from .plan import EinsumPlan, make_plan
 from .projection import ProjectionResult, project_cores
+from .serialize import load_structured, save_structured
 from .structures import (
     BTTMoEStructure,
     FFNMoEStructure,
@@ -61,6 +63,7 @@ __all__ = [
     "project", "project_into", "project_cores", "ProjectionResult", "from_linear", "fit_to_dense",
     "densify", "DensifySummary", "StructuredMultiheadAttention",
     "BTTMoELinear", "MoEFFN", "moeify", "aux_loss", "expert_stats", "ROUTER_LRS", "ROUTER_INITS",
+    "save_structured", "load_structured",
     "StructuredLinear", "StructureConfig", "ThetaStructure", "BTTMoEStructure", "FFNMoEStructure",
     "parse_structure", "register_structure", "apply_structure", "structure_kinds",
 ]
