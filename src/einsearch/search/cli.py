@@ -1,4 +1,4 @@
-"""Command-line interface: ``einsearch info|search|explore|report|tokenize|tune``."""
+"""Command-line interface: ``einsearch info|search|explore|report|tokenize|compress|tune``."""
 
 from __future__ import annotations
 
@@ -310,6 +310,17 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .compress import CompressConfig, compress, format_compress
+
+    config = CompressConfig(model=args.model, structure=args.structure, out=args.out, data=args.data,
+                            calibrate=args.calibrate, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                            block_size=args.block_size)
+    print(f"einsearch compress: {args.model} -> {args.structure} -> {args.out}", flush=True)
+    print(format_compress(compress(config)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="einsearch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -406,6 +417,23 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--val-fraction", type=_fraction, default=0.1, metavar="F",
                           help="the last F of the ids are the validation split (default 0.1)")
     tokenize.set_defaults(func=_cmd_tokenize)
+
+    comp = sub.add_parser("compress", help="structurize a trained model with projection, fine-tune, save",
+                          description="Loads a Hugging Face folder or a torch.save'd nn.Module, replaces its linear "
+                          "layers with the nearest structured ones (closed-form projection, data-aware with "
+                          "--calibrate), optionally fine-tunes, reports params, FLOPs and loss before and after, "
+                          "and saves with save_structured.")
+    comp.add_argument("model", help="a Hugging Face model folder or a file holding a whole nn.Module")
+    comp.add_argument("--structure", required=True, help="structure name or theta text (monarch, btt(0.25), ...)")
+    comp.add_argument("--out", required=True, help="the folder to save the structured model in")
+    comp.add_argument("--data", default=None, help="token folder (train.bin/val.bin) for the loss, calibration "
+                      "and fine-tuning")
+    comp.add_argument("--calibrate", action="store_true", help="data-aware projection on train windows")
+    comp.add_argument("--steps", type=_non_negative_int, default=0, help="fine-tuning steps (default 0)")
+    comp.add_argument("--lr", type=_positive_float, default=1e-4, help="fine-tuning learning rate (AdamW)")
+    comp.add_argument("--batch-size", type=_positive_int, default=8)
+    comp.add_argument("--block-size", type=_positive_int, default=128, help="tokens per window")
+    comp.set_defaults(func=_cmd_compress)
 
     tune = sub.add_parser("tune", help="plan ahead: time the fast path's candidate programs, cache the choices",
                           description="Times every candidate program of each structure (d x d) per token "
