@@ -30,6 +30,7 @@ import warnings
 from typing import Any
 
 from . import _moved
+from ._version import __version__ as __version__
 from .attention import StructuredMultiheadAttention
 from .base import LayerCost, StructuredLinear
 from .convert import DensifySummary, StructurizeSummary, densify, structurize
@@ -52,8 +53,6 @@ from .structures import (
 )
 from .taxonomy import Taxonomy, closed_form_flops, closed_form_params, taxonomy
 from .theta import NAMED_STRUCTURES, Theta, resolve_structure, structure_names
-
-__version__ = "0.2.0"
 
 __all__ = [
     "Theta", "resolve_structure", "structure_names", "NAMED_STRUCTURES",

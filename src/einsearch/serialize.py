@@ -44,7 +44,7 @@ def _entry(name: str, module: nn.Module) -> dict[str, Any] | None:
     if isinstance(module, EinsumLinear):
         return {"name": name, **module.structure_dict()}
     if isinstance(module, BTTMoELinear):
-        return {"name": name, "kind": "btt_moe", "d_in": module.d_in, "d_out": module.d_out,
+        return {"name": name, "kind": "btt_moe_linear", "d_in": module.d_in, "d_out": module.d_out,
                 "num_experts": module.num_experts, "top_k": module.top_k, "bias": module.bias is not None,
                 "einsum_norm": module.einsum_norm, "zero_init": module.zero_init, "router_lr": module.router_lr,
                 "router_init": module.router.init}
@@ -60,7 +60,7 @@ def _entry(name: str, module: nn.Module) -> dict[str, Any] | None:
 def structure_config(model: nn.Module, summary: Any = None) -> dict[str, Any]:
     """The config ``save_structured`` writes: every structured module (parents first) and the
     linear layers that stayed dense (with the structurize ``summary``'s reasons when given)."""
-    from . import __version__
+    from ._version import __version__
 
     modules = [e for name, m in model.named_modules() if name and (e := _entry(name, m)) is not None]
     reasons = dict(getattr(summary, "skipped_reasons", {}) or {})
@@ -119,7 +119,7 @@ def _rebuild(entry: dict[str, Any], old: nn.Module) -> nn.Module:
         if not isinstance(old, nn.MultiheadAttention):
             raise ValueError(f"{name}: expected an nn.MultiheadAttention to restructure, found {type(old).__name__}")
         return StructuredMultiheadAttention.from_mha(old)
-    if kind in ("einsum_linear", "btt_moe"):
+    if kind in ("einsum_linear", "btt_moe_linear"):
         try:
             d_in, d_out, has_bias, _ = linear_dims(old)
         except (TypeError, AttributeError):
