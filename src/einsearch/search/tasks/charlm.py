@@ -24,15 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from einsearch._checks import check_positive_int
 
-from ..models.gpt import GPT, gpt_heads
-from .base import Task, TensorSpec, step_generator
-from .windows import random_windows
+from .base import TensorSpec
+from .windows import WindowLMTask
 
 __all__ = ["CharLMTask", "Corpus", "load_corpus", "encode", "decode", "VOCAB", "VOCAB_SIZE", "REPLACEMENT"]
 
@@ -185,7 +182,7 @@ def _cached_corpus(path: str | None) -> Corpus:
     return load_corpus(path)
 
 
-class CharLMTask(Task):
+class CharLMTask(WindowLMTask):
     """Next-character prediction with a GPT.
 
     Options:
@@ -196,7 +193,6 @@ class CharLMTask(Task):
     """
 
     name = "charlm"
-    default_depth = 4
 
     def __init__(self, *, data: str | Path | None = None, block_size: int = 128, depth: int | None = None,
                  depth_mup: bool = False, qk_norm: bool = True) -> None:
@@ -214,33 +210,8 @@ class CharLMTask(Task):
                     f"charlm task: the {split} split of corpus {self.corpus.source!r} has {n} characters; "
                     f"block_size={block_size} needs at least {block_size + 1}"
                 )
-        self._eval_cache: dict[tuple[int, int], list[tuple[Tensor, Tensor]]] = {}
+        self.vocab_size = VOCAB_SIZE
+        self.train_tokens, self.val_tokens = self.corpus.train, self.corpus.val
         self.input_spec = TensorSpec((-1, block_size), "int64", f"token ids in [0, {VOCAB_SIZE})")
         self.output_spec = TensorSpec((-1, block_size, VOCAB_SIZE), "float", "next-token logits")
 
-    def build_model(self, width: int, *, seed: int) -> nn.Module:
-        gpt_heads(width)  # clear error on a bad width before anything is built
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return GPT(width, vocab_size=VOCAB_SIZE, block_size=self.block_size, depth=self.depth,
-                       depth_mup=self.depth_mup, qk_norm=self.qk_norm)
-
-    def structured_select(self, name: str, module: nn.Module) -> bool:
-        return GPT.is_structured_linear(name, module)
-
-    def batch(self, step: int, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        return random_windows(self.corpus.train, self.block_size, batch_size,
-                              step_generator(generator.initial_seed(), step, "charlm-train"))
-
-    def eval_batches(self, num_batches: int, batch_size: int) -> list[tuple[Tensor, Tensor]]:
-        key = (num_batches, batch_size)
-        if key not in self._eval_cache:
-            self._eval_cache[key] = [random_windows(self.corpus.val, self.block_size, batch_size,
-                                                    step_generator(0, i, "charlm-eval"))
-                                     for i in range(num_batches)]
-        return self._eval_cache[key]
-
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        logits = model(x)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))

@@ -26,15 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 from einsearch._checks import check_positive_int
 
-from ..models.gpt import GPT, gpt_heads
-from .base import Task, TensorSpec, step_generator
-from .windows import random_windows
+from .base import TensorSpec
+from .windows import WindowLMTask
 
 __all__ = ["TokensTask", "TokenFiles", "load_token_files", "write_token_files", "TOKEN_DTYPES"]
 
@@ -128,7 +124,7 @@ def load_token_files(folder: str | os.PathLike[str], **options: Any) -> TokenFil
     return TokenFiles(folder, **options)
 
 
-class TokensTask(Task):
+class TokensTask(WindowLMTask):
     """Next-token prediction with the charlm GPT on nanoGPT-format token files.
 
     Options:
@@ -139,7 +135,6 @@ class TokensTask(Task):
     """
 
     name = "tokens"
-    default_depth = 4
 
     def __init__(self, *, data: str | os.PathLike[str] | None = None, block_size: int = 128, depth: int | None = None,
                  vocab_size: int | None = None, dtype: str | None = None, depth_mup: bool = False,
@@ -154,35 +149,10 @@ class TokensTask(Task):
         self.depth_mup, self.qk_norm = bool(depth_mup), bool(qk_norm)
         self.files = load_token_files(data, vocab_size=vocab_size, dtype=dtype, min_tokens=block_size + 1)
         self.vocab_size = self.files.vocab_size
-        self._eval_cache: dict[tuple[int, int], list[tuple[Tensor, Tensor]]] = {}
+        self.train_tokens, self.val_tokens = self.files.train, self.files.val
         self.input_spec = TensorSpec((-1, block_size), "int64", f"token ids in [0, {self.vocab_size})")
         self.output_spec = TensorSpec((-1, block_size, self.vocab_size), "float", "next-token logits")
 
-    def build_model(self, width: int, *, seed: int) -> nn.Module:
-        gpt_heads(width)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return GPT(width, vocab_size=self.vocab_size, block_size=self.block_size, depth=self.depth,
-                       depth_mup=self.depth_mup, qk_norm=self.qk_norm)
-
-    def structured_select(self, name: str, module: nn.Module) -> bool:
-        return GPT.is_structured_linear(name, module)
-
-    def batch(self, step: int, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        return random_windows(self.files.train, self.block_size, batch_size,
-                              step_generator(generator.initial_seed(), step, "tokens-train"))
-
-    def eval_batches(self, num_batches: int, batch_size: int) -> list[tuple[Tensor, Tensor]]:
-        key = (num_batches, batch_size)
-        if key not in self._eval_cache:
-            self._eval_cache[key] = [random_windows(self.files.val, self.block_size, batch_size,
-                                                    step_generator(0, i, "tokens-eval")) for i in range(num_batches)]
-        return self._eval_cache[key]
-
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        logits = model(x)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
 def write_token_files(text_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
