@@ -169,3 +169,17 @@ def test_plan_core_is_the_one_core_name_mapping():
     for bad in ("a", "A", "core_c", None):
         with pytest.raises(ValueError, match="core must be one of"):
             plan_core(bad)
+
+
+def test_moe_options_written_in_the_structure_text():
+    from einsearch import structure_options
+
+    config = parse_structure("btt_moe(num_experts=4, top_k=1)")
+    assert (config.num_experts, config.top_k) == (4, 1) and config.is_moe
+    assert parse_structure(config.label) == config  # the label is its own spec
+    assert structure_options("moe(num_experts=16, router_init=zero)") == {"num_experts": 16, "router_init": "zero"}
+    assert structure_options("btt(0.25)") == {} and structure_options("btt_moe") == {}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_structure("btt_moe(4, 1)")
+    with pytest.raises(ValueError, match="experts"):
+        parse_structure("btt_moe(experts=4)")

@@ -50,6 +50,7 @@ from .structures import (
     parse_structure,
     register_structure,
     structure_kinds,
+    structure_options,
 )
 from .taxonomy import Taxonomy, closed_form_flops, closed_form_params, taxonomy
 from .theta import NAMED_STRUCTURES, Theta, resolve_structure, structure_names
@@ -64,7 +65,7 @@ __all__ = [
     "BTTMoELinear", "MoEFFN", "moeify", "aux_loss", "expert_stats", "ROUTER_LRS", "ROUTER_INITS",
     "save_structured", "load_structured",
     "StructuredLinear", "StructureConfig", "ThetaStructure", "BTTMoEStructure", "FFNMoEStructure",
-    "parse_structure", "register_structure", "apply_structure", "structure_kinds",
+    "parse_structure", "register_structure", "structure_options", "apply_structure", "structure_kinds",
 ]
 
 #: names that moved to :mod:`einsearch.search` (old spelling ``einsearch.NAME`` still works)

@@ -20,6 +20,7 @@ New kinds: :func:`register_structure` (a name, its parser and its handler).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -43,7 +44,7 @@ from .taxonomy import Taxonomy, taxonomy
 from .theta import Theta, resolve_structure
 
 __all__ = ["StructureConfig", "ThetaStructure", "BTTMoEStructure", "FFNMoEStructure",
-           "parse_structure", "register_structure", "register_handler", "apply_structure",
+           "parse_structure", "register_structure", "structure_options", "register_handler", "apply_structure",
            "structure_kinds", "replace_linear_layers"]
 
 
@@ -240,9 +241,29 @@ def structure_kinds() -> list[str]:
     return sorted(_PARSERS)
 
 
+_KIND_CALL = re.compile(r"^\s*([A-Za-z][\w-]*)\s*\((.*)\)\s*$")
+
+
+def structure_options(spec: str) -> dict[str, Any]:
+    """The options written into a kind's text, ``"btt_moe(num_experts=4, top_k=1)"`` ->
+    ``{"num_experts": 4, "top_k": 1}`` (integers as ints, anything else as text); ``{}`` for text
+    without them (a theta name such as ``"btt(0.25)"`` has none: its argument is positional)."""
+    match = _KIND_CALL.match(spec) if isinstance(spec, str) else None
+    if match is None or _key(match.group(1)) not in _PARSERS:
+        return {}
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in match.group(2).split(","))):
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if not eq or not key.isidentifier() or not value:
+            raise ValueError(f"structure {spec!r}: options must be written key=value, got {part!r}")
+        out[key] = int(value) if value.lstrip("-").isdigit() else value
+    return out
+
+
 def parse_structure(spec: str | Theta | StructureConfig, **options: Any) -> StructureConfig:
     """A structure config from a registered kind name (``"btt_moe"``, ``"moe"``; ``options``
-    such as ``num_experts``/``top_k`` go to its parser), a named structure or theta text
+    such as ``num_experts``/``top_k`` go to its parser, and may be written in the text:
+    ``"btt_moe(num_experts=4, top_k=1)"``, its label's form), a named structure or theta text
     (``"monarch"``, ``"btt(0.25)"``, ``"(1|0|0|1|0|0|0)"``), a ``Theta``, or a config
     (``options`` replace its fields)."""
     if isinstance(spec, StructureConfig):
@@ -250,6 +271,12 @@ def parse_structure(spec: str | Theta | StructureConfig, **options: Any) -> Stru
     if isinstance(spec, Theta):
         config: StructureConfig = ThetaStructure(spec)
     elif isinstance(spec, str):
+        call = _KIND_CALL.match(spec)
+        if call is not None and _key(call.group(1)) in _PARSERS:
+            try:
+                return _PARSERS[_key(call.group(1))](**{**structure_options(spec), **options})
+            except TypeError as err:
+                raise ValueError(f"structure {spec!r}: {err}") from None
         parser = _PARSERS.get(_key(spec))
         if parser is not None:
             return parser(**options)

@@ -93,3 +93,11 @@ def test_a_collapsed_layer_is_warned_about(tmp_path):
     collapsed = summary["btt_moe"]["collapsed"]
     assert [c["layer"] for c in collapsed] == ["blocks.0.mlp.fc"] and collapsed[0]["fraction_of_points"] == 0.75
     assert summary["btt_moe"]["layers_collapsed"] == 1 and json.dumps(summary)  # JSON-ready
+
+
+def test_moe_variants_in_one_sweep_are_distinct_structures():
+    cfg = TrainConfig(**{**TINY_LM, "structure": "btt_moe(num_experts=2, top_k=1)"})
+    assert (cfg.structure_config().num_experts, cfg.structure_config().top_k) == (2, 1)  # the text wins
+    other = TrainConfig(**{**TINY_LM, "structure": "btt_moe(num_experts=8, top_k=2)"})
+    assert cfg.run_id() != other.run_id()
+    assert train(dataclasses.replace(cfg, steps=4)).status == "finished"

@@ -30,6 +30,7 @@ from einsearch._checks import (
     check_positive_float,
     check_positive_int,
 )
+from einsearch.structures import structure_options
 
 from .device import PRECISIONS
 from .tasks import get_task_factory, is_import_path, task_names
@@ -236,9 +237,12 @@ class TrainConfig:
         """``structure`` as a typed config; an MoE kind gets ``num_experts`` (None: 8) and ``top_k``."""
         config = parse_structure(self.structure)
         if config.is_moe:
-            init = {} if self.router_init == "auto" else {"router_init": self.router_init}
-            config = parse_structure(config, num_experts=self.num_experts or DEFAULT_NUM_EXPERTS, top_k=self.top_k,
-                                     router_lr=self.router_lr, **init)
+            settings: dict[str, Any] = {"num_experts": self.num_experts or DEFAULT_NUM_EXPERTS, "top_k": self.top_k,
+                                        "router_lr": self.router_lr}
+            if self.router_init != "auto":
+                settings["router_init"] = self.router_init
+            written = structure_options(self.structure)  # "btt_moe(num_experts=4, top_k=1)" wins over the fields
+            config = parse_structure(config, **{k: v for k, v in settings.items() if k not in written})
         return config
 
     def layer_norm(self) -> bool:
