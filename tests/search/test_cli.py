@@ -142,3 +142,9 @@ def test_device_placement_from_fake_gpu_counts():
     assert placement("cuda:1", gpus=2) == ["cuda:1"]
     with pytest.raises(ValueError, match=r"2 CUDA device\(s\)"):
         resolve_device("cuda:2", gpus=2)
+
+
+def test_compile_is_refused_on_the_cpu(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["search", "--preset", "tiny", "--device", "cpu", "--compile", "--out", str(out), "--quiet"]) == 2
+    assert "--compile is for GPUs" in capsys.readouterr().err and not out.exists()

@@ -177,6 +177,10 @@ def _placement(args: argparse.Namespace, out: str) -> _Placement:
     gpus = ["cuda:0"] if on_ray_gpus else [d for d in placement(args.device) if d != "cpu"]
     device = gpus[0] if gpus else "cpu"
     precision = args.precision if on_ray_gpus else check_precision(args.precision, device)
+    if args.compile and not gpus:
+        raise ValueError("--compile is for GPUs: on this project's CPU (torch 2.13, inductor) it made a 150-step "
+                         "dense charlm run 3.4x slower (compile time) and crashed a structured one with heap "
+                         "corruption in the compiled backward; train on the CPU without it")
     if args.jobs is not None and gpus and not on_ray_gpus:
         raise ValueError(f"--jobs {args.jobs}: on GPUs each device runs --runs-per-gpu workers "
                          f"({len(gpus)} device(s): {', '.join(gpus)}); drop --jobs")
@@ -250,7 +254,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
                    help="fp32, or mixed precision with torch autocast (bf16; fp16 with a gradient "
                    "scaler, GPU only); part of each run's identity")
-    p.add_argument("--compile", action="store_true", help="train each model through torch.compile")
+    p.add_argument("--compile", action="store_true",
+                   help="train each model through torch.compile (GPUs only: on the CPU it was measured slower, and "
+                   "unsafe with torch 2.13)")
     p.add_argument("--checkpoint-every", type=_non_negative_float, default=DEFAULT_CHECKPOINT_EVERY_S,
                    metavar="SECONDS", help="save a mid-run checkpoint under OUT/checkpoints this often "
                    f"(default {DEFAULT_CHECKPOINT_EVERY_S:g}; 0: no checkpoints); a rerun resumes "
