@@ -57,6 +57,25 @@ def test_time_multiplier_is_recovered(tmp_path, m, slowdown):
     assert summary["time"]["indicative"] and "Indicative only" in section
 
 
+def test_time_is_matched_on_loss_when_a_slow_structure_shares_no_time_window(tmp_path):
+    """S's FLOPs 20x slower: its frontier reaches dense's losses only after dense's largest model
+    has finished, so a common seconds window holds no shared loss; matched on loss, the
+    estimator still reads t = m / 20 at losses both reached."""
+    from einsearch.search.analysis import analyze, curves_from_store
+
+    fill(tmp_path, {"dense": (1.0, 1.0), "btt": (2.0, 20.0)})
+    curves = curves_from_store(tmp_path / "results.sqlite", axis="time")
+    on_x = analyze(curves, n_bootstrap=0)["btt"]   # the compute axis' common window, on seconds
+    assert on_x.compute_multiplier is None and on_x.notes
+    on_loss = analyze(curves, n_bootstrap=100, axis="time")["btt"]
+    assert on_loss.matched_on == "loss" and on_loss.window[0] > on_loss.dense_window[0]
+    assert math.isclose(on_loss.compute_multiplier, 0.1, rel_tol=0.15)
+    lo, hi = on_loss.compute_multiplier_ci
+    assert lo < 0.1 < hi
+    with pytest.raises(ValueError, match="axis"):
+        analyze(curves, axis="seconds")
+
+
 def test_a_store_without_training_times_has_no_time_multiplier_said_once(tmp_path):
     fill(tmp_path, {"dense": (1.0, 1.0), "btt": (2.0, 1.0)}, timed=False)
     summary = write_report(tmp_path, n_bootstrap=0)
@@ -101,3 +120,17 @@ def test_time_from_bench_times_every_model_of_the_store(tmp_path):
     assert set(time["seconds_per_gflop"]) == {f"{s} w={w}" for s in ("dense", "low_rank(0.5)", "monarch")
                                               for w in (16, 32)}
     assert all(v > 0 for v in time["seconds_per_gflop"].values())
+
+
+@pytest.mark.parametrize("m, t, m_ci, t_ci, reading", [
+    (2.0, 0.5, (1.5, 2.5), (0.4, 0.6), "saves compute but costs time here"),
+    (1.3, 0.4, (0.4, 3.7), (0.2, 0.7), "may save compute but costs time here"),
+    (0.6, 0.3, (0.4, 1.04), (0.2, 0.7), "may cost compute, costs time"),
+    (0.4, 0.3, (0.2, 0.8), (0.2, 0.5), "costs compute and time"),
+    (0.5, 2.0, (0.4, 0.6), (1.5, 3.0), "costs compute but saves time here"),
+    (2.0, 3.0, None, None, "saves compute and time"),
+])
+def test_the_time_reading_says_may_where_an_interval_holds_one(m, t, m_ci, t_ci, reading):
+    from einsearch.search.report.prose import _time_reading
+
+    assert _time_reading(m, t, m_ci, t_ci) == reading

@@ -30,6 +30,16 @@ T is the run's planned number of steps.
    2) widths and at least 3 points; otherwise no multiplier (a note says why). Both laws of
    the pair are fitted on the frontier points inside this window only. Dense's own record
    uses its whole span, under the same rule.
+   On the time axis (``axis="time"``) the pair is matched on loss instead: the common loss
+   range [L_lo, L_hi] = intersection of the two frontiers' loss ranges, and each law is fitted
+   on its own frontier's points inside it (a staircase's points at losses in a range are one
+   x interval, S's and dense's different ones), under the same widths-and-points rule. Why:
+   compute-matched sweeps make the FLOP spans overlap by design, but not the seconds. Where S's
+   FLOPs run slower than dense's, S is still above the losses dense reaches early while dense's
+   largest model has finished; then no time window holds both at one loss, though every loss in
+   the common range was reached by both (measured on the demo, 2-core CPU: four of six
+   structures had no common-window estimate, all six have a loss-matched one). The comparison
+   is still at losses both frontiers reached: no extrapolation in either.
 
 6. Law. log(L - E) = log a - b log C, ordinary least squares, so L(C) = E + a C^-b and
    C(L) = ((L - E) / a)^(-1/b). E (irreducible loss) is one number for every structure:
@@ -202,6 +212,8 @@ class Curve:
 
 #: what a curve's x axis holds: cumulative training FLOPs, or training seconds (the time multiplier)
 AXES = ("compute", "time")
+#: the unit of each axis, for messages
+UNITS = {"compute": "FLOPs", "time": "s"}
 
 
 def curves_from_store(store: Any, task: str | None = None, loss: str = "eval",
@@ -468,37 +480,64 @@ def _m(law_d: PowerLaw, law_s: PowerLaw, loss: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Pair:
-    window: tuple[float, float]
+    window: tuple[float, float]        # x range of S's fitted frontier points
     law_s: PowerLaw
     law_d: PowerLaw
-    front_s: FrontierPoints   # inside the window
+    front_s: FrontierPoints   # the points each law is fitted on
     front_d: FrontierPoints
     loss_range: tuple[float, float]
+    dense_window: tuple[float, float]  # x range of dense's fitted points (= window when matched on x)
+    matched: tuple[float, float]       # what replicates hold fixed: the x window or the loss range
+
+
+def _x_range(f: FrontierPoints) -> tuple[float, float]:
+    return (float(f.compute.min()), float(f.compute.max())) if len(f) else (math.nan, math.nan)
+
+
+def _in_losses(f: FrontierPoints, lo: float, hi: float) -> FrontierPoints:
+    k = (f.loss >= lo * (1 - 1e-12)) & (f.loss <= hi * (1 + 1e-12))
+    return FrontierPoints(f.compute[k], f.loss[k], f.width[k], f.first_half[k])
 
 
 def _pair(fs: FrontierPoints, fd: FrontierPoints, E: float, min_widths: int,
-          window: tuple[float, float] | None = None) -> _Pair | str:
-    """Steps 5-6 for S against dense; a reason string when there is no estimate."""
-    if window is None:
-        if len(fs) == 0 or len(fd) == 0:
-            return "an empty frontier"
-        lo, hi = max(fs.span[0], fd.span[0]), min(fs.span[1], fd.span[1])
-        if not lo < hi:
-            return (f"no common compute window: spans [{fs.span[0]:.3g}, {fs.span[1]:.3g}] and "
-                    f"dense [{fd.span[0]:.3g}, {fd.span[1]:.3g}] FLOPs do not overlap")
-        window = (lo, hi)
-    ws, wd = fs.inside(window), fd.inside(window)
+          window: tuple[float, float] | None = None, match: str = "x", axis: str = "compute") -> _Pair | str:
+    """Steps 5-6 for S against dense; a reason string when there is no estimate. ``match="x"``:
+    ``window`` is the common x window (None: the intersection of the spans); ``match="loss"``:
+    ``window`` is the common loss range (None: the intersection of the frontiers' loss ranges)."""
+    if len(fs) == 0 or len(fd) == 0:
+        return "an empty frontier"
+    unit = UNITS[axis]
+    if match == "loss":
+        if window is None:
+            window = (max(float(fs.loss.min()), float(fd.loss.min())),
+                      min(float(fs.loss.max()), float(fd.loss.max())))
+            if not window[0] < window[1]:
+                return (f"the frontiers share no loss range (its losses [{float(fs.loss.min()):.4g}, "
+                        f"{float(fs.loss.max()):.4g}], dense's [{float(fd.loss.min()):.4g}, "
+                        f"{float(fd.loss.max()):.4g}])")
+        ws, wd = _in_losses(fs, *window), _in_losses(fd, *window)
+        where = f"the common loss range [{window[0]:.4g}, {window[1]:.4g}]"
+    else:
+        if window is None:
+            lo, hi = max(fs.span[0], fd.span[0]), min(fs.span[1], fd.span[1])
+            if not lo < hi:
+                return (f"no common {axis} window: spans [{fs.span[0]:.3g}, {fs.span[1]:.3g}] and "
+                        f"dense [{fd.span[0]:.3g}, {fd.span[1]:.3g}] {unit} do not overlap")
+            window = (lo, hi)
+        ws, wd = fs.inside(window), fd.inside(window)
+        where = f"the common window [{window[0]:.3g}, {window[1]:.3g}] {unit}"
     for who, f in (("its", ws), ("dense's", wd)):
         if f.n_widths() < min_widths or len(f) < MIN_POINTS:
-            return (f"{who} frontier has {len(f)} point(s) from {f.n_widths()} width(s) inside the "
-                    f"common window [{window[0]:.3g}, {window[1]:.3g}] FLOPs; at least "
-                    f"{MIN_POINTS} points from {min_widths} widths are needed")
+            return (f"{who} frontier has {len(f)} point(s) from {f.n_widths()} width(s) inside "
+                    f"{where}; at least {MIN_POINTS} points from {min_widths} widths are needed")
     law_s, law_d = _fit(ws, E), _fit(wd, E)
     if law_s is None or law_d is None:
-        return "a law could not be fitted inside the window (loss not falling with compute)"
+        return f"a law could not be fitted inside {where} (loss not falling along the axis)"
     l_lo = max(float(ws.loss.min()), float(wd.loss.min()))
     l_hi = min(float(ws.loss.max()), float(wd.loss.max()))
-    return _Pair(window, law_s, law_d, ws, wd, (l_lo, l_hi))
+    if match == "loss":
+        return _Pair(_x_range(ws), law_s, law_d, ws, wd, (l_lo, l_hi), _x_range(wd), window)
+    return _Pair(window, law_s, law_d, ws, wd, (l_lo, l_hi), window, window)
 
 
 # ------------------------------------------------------------------------------------------
@@ -540,7 +579,9 @@ class StructureAnalysis:
     varies: bool | None = None
     law: PowerLaw | None = None              # S's law inside the window
     dense_law: PowerLaw | None = None        # dense's law inside the same window
-    window: tuple[float, float] | None = None
+    window: tuple[float, float] | None = None        # x range S's law is fitted on
+    dense_window: tuple[float, float] | None = None  # x range dense's law is fitted on
+    matched_on: str = "x"                            # "x": one common x window; "loss": a common loss range
     loss_range: tuple[float, float] | None = None
     frontier: FrontierPoints | None = None   # S's whole frontier (for plots)
     band: MultiplierCurve | None = None
@@ -567,6 +608,8 @@ class StructureAnalysis:
             m_range = [finite_or_none(np.nanmin(self.band.multiplier)), finite_or_none(np.nanmax(self.band.multiplier))]
         return {
             "window": _pair_list(self.window),
+            "dense_window": _pair_list(self.dense_window),
+            "matched_on": self.matched_on,
             "loss_range": _pair_list(self.loss_range),
             "frontier_points": n,
             "frontier_points_per_width": per_width,
@@ -717,8 +760,12 @@ def analyze(curves: Sequence[Curve], *, dense: str = "dense",
             transient_fraction: float = DEFAULT_TRANSIENT_FRACTION,
             reference_loss: float | None = None, offset: None | str | float = None,
             n_bootstrap: int = 200, seed: int = 0, level: float = 0.95,
-            min_widths: int = 2) -> AnalysisResult:
+            min_widths: int = 2, axis: str = "compute") -> AnalysisResult:
     """Compute multipliers over ``dense`` of every structure in ``curves`` (module docstring).
+
+    ``axis``: what the curves' x holds (:func:`curves_from_store`). ``"compute"``: FLOPs, pairs
+    matched on a common x window (step 5); ``"time"``: seconds, pairs matched on a common loss
+    range (step 5, last paragraph), and the result reads as t(L) = T_dense(L) / T_S(L).
 
     ``offset``: None (L = a C^-b), ``"shared"`` (one E for all structures, adopted by the AIC
     criterion) or a fixed E. ``reference_loss``: the loss of the headline multiplier (default:
@@ -728,6 +775,9 @@ def analyze(curves: Sequence[Curve], *, dense: str = "dense",
     """
     curves = _validate(curves, dense, transient_fraction, reference_loss, offset, n_bootstrap,
                        seed, level, min_widths)
+    if axis not in AXES:
+        raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
+    match = "x" if axis == "compute" else "loss"
     chosen, scores = select_lrs(curves)
     groups, notes = _groups(curves, float(transient_fraction), chosen)
     names = [dense] + sorted(n for n in {c.structure for c in curves} if n != dense)
@@ -750,7 +800,9 @@ def analyze(curves: Sequence[Curve], *, dense: str = "dense",
     settings: dict[str, Any] = {
         "dense": dense, "transient_fraction": float(transient_fraction),
         "seed_average": "geometric (mean of log loss)", "frontier": "Pareto staircase in log-log",
-        "min_widths": int(min_widths), "offset_requested": offset if offset is None or isinstance(offset, str)
+        "min_widths": int(min_widths), "axis": axis,
+        "pairs_matched_on": "a common x window" if match == "x" else "a common loss range",
+        "offset_requested": offset if offset is None or isinstance(offset, str)
         else float(offset), "aic_margin": AIC_MARGIN, "n_bootstrap": int(n_bootstrap),
         "seed": int(seed), "ci_level": float(level),
         "interval": ("seed bootstrap standard error (one draw shared by all runs when they ran "
@@ -805,12 +857,14 @@ def analyze(curves: Sequence[Curve], *, dense: str = "dense",
         if fd is None or len(fd) == 0:
             r.notes.append(f"dense ({dense!r}) has no frontier, so no multiplier")
             continue
-        p = _pair(f, fd, E, int(min_widths), window=f.span if name == dense else None)
+        own = None if name != dense else (f.span if match == "x" else (float(f.loss.min()), float(f.loss.max())))
+        p = _pair(f, fd, E, int(min_widths), window=own, match=match, axis=axis)
         if isinstance(p, str):
             r.notes.append("no multiplier: " + p)
             continue
         pairs[name] = p
-        r.window, r.law, r.dense_law = p.window, p.law_s, p.law_d
+        r.window, r.dense_window, r.law, r.dense_law = p.window, p.dense_window, p.law_s, p.law_d
+        r.matched_on = match
         r.exponent = p.law_s.b
         r.exponent_delta = 0.0 if r.is_dense else p.law_s.b - p.law_d.b
         for who, fr in (("its", p.front_s), ("dense's", p.front_d)):
@@ -886,7 +940,8 @@ def analyze(curves: Sequence[Curve], *, dense: str = "dense",
                 ok = [f for f in rep.values() if f.n_widths() >= min_widths and len(f) >= MIN_POINTS]
                 e_rep = _estimate_E(ok)[0] if ok else 0.0
             for n in targets:
-                p = _pair(rep[n], rep[dense], e_rep, int(min_widths), window=pairs[n].window)
+                p = _pair(rep[n], rep[dense], e_rep, int(min_widths), window=pairs[n].matched, match=match,
+                          axis=axis)
                 if isinstance(p, str):
                     failed[n] += 1
                     continue

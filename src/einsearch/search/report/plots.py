@@ -159,7 +159,7 @@ def _plot_loss_vs_compute(rep: Report, summ: dict[str, dict[str, Any]], axis: _A
         if a is not None and a.window is not None:
             ax.axvspan(a.window[0], a.window[1], color=col if not i.is_dense else "grey", alpha=0.08)
             if a.dense_law is not None and not i.is_dense:
-                c, lo = _law_line(a.dense_law, a.window)
+                c, lo = _law_line(a.dense_law, a.dense_window or a.window)
                 ax.plot(c, lo, "--", color="black", lw=1.4)
             if a.law is not None:
                 c, lo = _law_line(a.law, a.window)
@@ -180,12 +180,15 @@ def _plot_loss_vs_compute(rep: Report, summ: dict[str, dict[str, Any]], axis: _A
     _bottom_labels(flat, n, ncol, axis.label)
     for ax in axes[:, 0]:
         ax.set_ylabel(rep.loss + " loss", fontsize=9)
+    on_loss = any(getattr(axis.analysis(i), "matched_on", "x") == "loss" for i in items)
     handles = [Line2D([], [], color="grey", alpha=0.5, lw=0.9, label="seed-averaged run (one per width)"),
                Line2D([], [], marker="o", ls="none", color="grey", ms=4, label="frontier point in window"),
                Line2D([], [], marker="o", ls="none", mfc="none", mec="grey", ms=4, label="frontier point outside"),
                Line2D([], [], color="grey", lw=2.2, label="fitted law (inside window)"),
-               Line2D([], [], color="black", lw=1.4, ls="--", label="dense's law, same window"),
-               Patch(color="grey", alpha=0.15, label=f"common {axis.name} window")]
+               Line2D([], [], color="black", lw=1.4, ls="--",
+                      label="dense's law, same loss range" if on_loss else "dense's law, same window"),
+               Patch(color="grey", alpha=0.15, label=f"{axis.name} range of the common loss range" if on_loss
+                     else f"common {axis.name} window")]
     fig.suptitle(f"{rep.task}: loss vs {axis.label}" + (
         "" if axis is COMPUTE else f" ({_time_conditions(rep)})"), fontsize=11)
     fig.tight_layout(rect=(0, 0.06 if nrow > 1 else 0.1, 1, 1))

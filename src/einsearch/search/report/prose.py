@@ -299,7 +299,9 @@ def _time_section(rep: Report, summary: dict[str, Any]) -> list[str]:
         where += f", assuming {t['assumes']}"
     lines += [f"t(L) = T_dense(L) / T_S(L): how many times less training time than dense S needs to reach "
               f"loss L, {where}. The compute multiplier m counts FLOPs, t counts seconds: t / m below 1 means "
-              "the structure's FLOPs run slower than dense's on this machine.", "",
+              "the structure's FLOPs run slower than dense's on this machine. t comes from the same estimator on "
+              "training seconds, each law fitted on its own frontier over the losses both reach (their seconds "
+              "need not overlap); a side whose interval holds 1 reads \"may\".", "",
               "| structure | m (compute) [95% CI] | t (time) [95% CI] | t / m | reading |", "|---|---|---|---|---|"]
     for r in summary["structures"]:
         if r["is_dense"]:
@@ -308,20 +310,26 @@ def _time_section(rep: Report, summary: dict[str, Any]) -> list[str]:
         cm = f"{fmt(m)} {ci_text(r['compute_multiplier_ci']) or '(no interval)'}" if m is not None else "n/a"
         ct = f"{fmt(tm)} {ci_text(r['time_multiplier_ci']) or '(no interval)'}" if tm is not None else "n/a"
         ratio = fmt(tm / m) if m and tm else "n/a"
-        lines.append(f"| {md(r['name'])} | {cm} | {ct} | {ratio} | {_time_reading(m, tm)} |")
+        lines.append(f"| {md(r['name'])} | {cm} | {ct} | {ratio} | {_time_reading(m, tm, r['compute_multiplier_ci'], r['time_multiplier_ci'])} |")
     return lines + [""]
 
 
-def _time_reading(m: float | None, t: float | None) -> str:
+def _time_reading(m: float | None, t: float | None, m_ci: Any = None, t_ci: Any = None) -> str:
+    """What m and t say together; a side whose interval holds 1 is "may", not settled."""
     if m is None or t is None:
         return "no estimate"
-    if m > 1 and t < 1:
-        return "saves compute but costs time here"
-    if m > 1 and t > 1:
-        return "saves compute and time"
-    if m <= 1 and t > 1:
-        return "costs compute but saves time here"
-    return "costs compute and time"
+
+    def verdict(x: float, ci: Any, what: str) -> tuple[bool, str]:
+        settled = ci is None or not (ci[0] <= 1.0 <= ci[1])
+        verb = ("saves" if x > 1 else "costs") if settled else ("may save" if x > 1 else "may cost")
+        return x > 1, f"{verb} {what}"
+
+    saves_c, c = verdict(m, m_ci, "compute")
+    saves_t, tt = verdict(t, t_ci, "time")
+    if saves_c != saves_t:
+        return f"{c} but {tt} here"
+    verb_c, verb_t = c.rsplit(" ", 1)[0], tt.rsplit(" ", 1)[0]
+    return f"{verb_c} compute and time" if verb_c == verb_t else f"{c}, {tt}"
 
 
 def _recipe_text(recipe: dict[str, Any]) -> str:

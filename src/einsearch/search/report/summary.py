@@ -254,7 +254,7 @@ def build_report(store: ResultStore, task: str | None = None, *, loss: str = "ev
         time_curves = curves_from_store(store, task=task, loss=loss, axis="time")
         time = time_conditions(runs, execution, timed=len(time_curves), total=len(curves))
     if time["available"] and dense.name in present:
-        time_result = analyze(time_curves, dense=dense.name, **opts)
+        time_result = analyze(time_curves, dense=dense.name, axis="time", **opts)
         for i in infos:
             i.time_analysis = time_result.structures.get(i.name)
     elif not time["available"]:
