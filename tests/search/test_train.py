@@ -197,3 +197,23 @@ def test_point_fields():
     p = Point(step=1, tokens=2, compute=3.0, train_loss=0.5, eval_loss=None)
     assert dataclasses.asdict(p) == {"step": 1, "tokens": 2, "compute": 3.0, "train_loss": 0.5, "eval_loss": None,
                                      "elapsed_s": None, "metrics": {}}
+
+
+def test_training_time_on_the_cpu_leaves_out_making_the_batches(monkeypatch):
+    """Batches cost what the task's data costs, alike for every structure, and a shared batch
+    cache makes them dear only for the first run that asks: training time leaves them out."""
+    import time
+
+    from einsearch.search.tasks.regression import RegressionTask
+
+    made = RegressionTask.batch
+
+    def slow_batch(self, *args, **kwargs):
+        time.sleep(0.1)
+        return made(self, *args, **kwargs)
+
+    monkeypatch.setattr(RegressionTask, "batch", slow_batch)
+    result = train(TrainConfig(**{**TINY, "steps": 12, "log_every": 4, "eval_batches": 1}))
+    assert result.status == "finished"
+    assert result.wall_time_s > 12 * 0.1        # the batches were made, slowly
+    assert 0 < result.points[-1].elapsed_s < 0.5  # but not counted as training time

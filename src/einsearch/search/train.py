@@ -38,7 +38,13 @@ about ``log_points`` log-spaced steps (:func:`log_spaced_steps`, the last step i
 ``Point.train_loss`` is the mean batch loss over the steps since the previous point;
 ``Point.eval_loss`` is measured on the task's fixed held-out set right after that step's
 update; ``Point.elapsed_s`` is the training time since the first step, evaluation and
-checkpoint time excluded (the device is synchronised before the clock is read).
+checkpoint time excluded (the device is synchronised before the clock is read). On the CPU,
+making each batch is excluded too: every structure trains on the same batches, and a task's
+synthetic data (the regression teacher's labels, ~10 GFLOPs a batch of 1024) can cost more than
+a small model's step, and costs it only in the first run of a process to ask for a batch (the
+batch cache), which would make times depend on the order runs ran in. On a GPU the batch is
+made while queued kernels run, so it stays timed (pausing the clock without a device sync would
+drop that device time).
 
 Determinism: the model (and its structured cores) are initialised under a forked RNG seeded
 with ``seed``; the data stream is the task's stream for ``seed`` (see ``tasks.base``). The
@@ -249,6 +255,16 @@ class TrainState:
         self._clock = time.perf_counter()
 
     @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Host-only work that is not training time: the clock stops without a device sync
+        (exact on the CPU, where nothing runs behind the host's back)."""
+        self.elapsed_s += time.perf_counter() - self._clock
+        try:
+            yield
+        finally:
+            self._clock = time.perf_counter()
+
+    @contextlib.contextmanager
     def untimed(self) -> Iterator[None]:
         """Time spent inside is not training time (evaluation, checkpoints). The device is
         synchronised first, so the training time read here is complete."""
@@ -374,10 +390,15 @@ def _loop(state: TrainState, hooks: Sequence[Callback]) -> None:
     log_at = set(config.log_steps())
     is_moe = config.structure_config().is_moe  # MoE layers add their auxiliary loss
     state.model.train()
+    fetch_untimed = state.device.type == "cpu"  # module docstring: why only on the CPU
     state.start_clock()
     while state.step < config.steps:
         step = state.step + 1
-        batch = state.batch(step)
+        if fetch_untimed:
+            with state.paused():
+                batch = state.batch(step)
+        else:
+            batch = state.batch(step)
         with autocast(state.options.device, config.precision):
             loss = state.task.loss(state.forward_model, batch)
         task_loss = loss.detach().float()

@@ -310,7 +310,8 @@ def _time_section(rep: Report, summary: dict[str, Any]) -> list[str]:
         cm = f"{fmt(m)} {ci_text(r['compute_multiplier_ci']) or '(no interval)'}" if m is not None else "n/a"
         ct = f"{fmt(tm)} {ci_text(r['time_multiplier_ci']) or '(no interval)'}" if tm is not None else "n/a"
         ratio = fmt(tm / m) if m and tm else "n/a"
-        lines.append(f"| {md(r['name'])} | {cm} | {ct} | {ratio} | {_time_reading(m, tm, r['compute_multiplier_ci'], r['time_multiplier_ci'])} |")
+        reading = _time_reading(m, tm, r["compute_multiplier_ci"], r["time_multiplier_ci"])
+        lines.append(f"| {md(r['name'])} | {cm} | {ct} | {ratio} | {reading} |")
     return lines + [""]
 
 
