@@ -36,7 +36,8 @@ def test_accelerator_section_runs_its_code_on_the_cpu(tmp_path):
     """``make bench DEVICE=cuda``'s section, run on the CPU at tiny sizes: the code path a GPU runs
     (synchronised interleaved timing, bf16 autocast, same-width and equal-FLOPs stacks)."""
     out = tmp_path / "device.json"
-    env = {**os.environ, "EINSEARCH_CACHE_DIR": str(tmp_path / "cache")}
+    # plans from the cost estimate: what runs here is the GPU's code path, not the CPU's planner
+    env = {**os.environ, "EINSEARCH_CACHE_DIR": str(tmp_path / "cache"), "EINSEARCH_PLANNER": "estimate"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--device", "cpu", "--device-section", "--quick",
          "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)

@@ -39,7 +39,7 @@ def spec_of(**kw) -> SweepSpec:
 # specs
 
 
-def test_presets_ship_and_load(fake_config):
+def test_presets_ship_and_load():
     names = preset_names()
     assert {"demo", "tiny", "charlm_small", "moe", "lm"} <= set(names)
     for name in names:
