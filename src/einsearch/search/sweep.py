@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +38,11 @@ DEFAULT_BOOTSTRAP = 200
 
 
 @dataclass
-class SweepOutcome:
-    """What a sweep did. ``summary`` is the report's summary dict (None if it failed)."""
+class SweepOutcome(DriveStats):
+    """What a sweep did: its drive's counts (:class:`DriveStats`), then the report's
+    ``summary`` dict (None if it failed)."""
 
-    out_dir: Path
-    total: int
-    skipped: int
-    elsewhere: int = 0   # runs another driver on the same folder was training
-    finished: int = 0
-    diverged: int = 0
-    failed: int = 0
-    failures: list[tuple[str, int, str]] = field(default_factory=list)  # (structure, width, error)
+    out_dir: Path = field(kw_only=True)
     wall_time_s: float = 0.0
     summary: dict[str, Any] | None = None
     report_error: str | None = None
@@ -59,9 +53,8 @@ class SweepOutcome:
 
     @classmethod
     def of(cls, out_dir: Path, stats: DriveStats) -> "SweepOutcome":
-        return cls(out_dir=out_dir, total=stats.total, skipped=stats.skipped, elsewhere=stats.elsewhere,
-                   finished=stats.finished,
-                   diverged=stats.diverged, failed=stats.failed, failures=list(stats.failures))
+        counts = {f.name: getattr(stats, f.name) for f in fields(DriveStats)}
+        return cls(out_dir=out_dir, **{**counts, "failures": list(stats.failures)})
 
 
 def _write_spec(spec: SweepSpec, out_dir: Path) -> None:
