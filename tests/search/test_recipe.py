@@ -95,6 +95,23 @@ def test_a_collapsed_layer_is_warned_about(tmp_path):
     assert summary["btt_moe"]["layers_collapsed"] == 1 and json.dumps(summary)  # JSON-ready
 
 
+def test_expert_statistics_use_the_experts_the_structure_text_names(tmp_path):
+    """'btt_moe(num_experts=2, top_k=1)' beside a num_experts=4 field: the layer has 2 experts, so
+    the top share is read against a fair share of 1/2 (the field's 4 misread it as collapse)."""
+    from einsearch.search.report.experts import expert_summary
+
+    cfg = TrainConfig(**{**TINY_LM, "structure": "btt_moe(num_experts=2, top_k=1)", "steps": 8})
+    assert cfg.num_experts == 4
+    with ResultStore(tmp_path / "results.sqlite") as st:
+        result = train(cfg)
+        loads = [k for k in result.points[-1].metrics if k.startswith("moe/blocks.0.attn.q/load/")]
+        assert len(loads) == 2
+        st.record(result)
+        summary = expert_summary(st, st.runs())
+    s = summary["btt_moe(num_experts=2, top_k=1)"]
+    assert s["experts"] == 2 and 1.0 <= s["last"] <= 2.0 and s["layers_collapsed"] == 0
+
+
 def test_moe_variants_in_one_sweep_are_distinct_structures():
     cfg = TrainConfig(**{**TINY_LM, "structure": "btt_moe(num_experts=2, top_k=1)"})
     assert (cfg.structure_config().num_experts, cfg.structure_config().top_k) == (2, 1)  # the text wins

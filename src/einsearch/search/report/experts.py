@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from einsearch.structures import structure_options
+
+from ..config import DEFAULT_NUM_EXPERTS
 from ..store import ResultStore, RunRow
 
 __all__ = ["expert_summary", "plot_expert_load", "COLLAPSE_FACTOR", "COLLAPSE_FRACTION", "PLOT_NAME"]
@@ -37,6 +40,13 @@ def _layers(metrics: dict[int, dict[str, float | None]]) -> dict[str, dict[str, 
     return out
 
 
+def _experts(run: RunRow) -> int:
+    """E of a run: the structure text's ``num_experts`` wins over the config field (as in
+    ``TrainConfig.structure_config``), then the default."""
+    written = structure_options(run.structure).get("num_experts")
+    return int(written or run.config.get("num_experts") or DEFAULT_NUM_EXPERTS)
+
+
 def expert_summary(store: ResultStore, runs: Sequence[RunRow]) -> dict[str, Any]:
     """Per MoE structure: experts E, the top expert's share x E (1: balanced, E: one expert takes
     all) at the first and last logged point, the router entropy / ln E at the last, the mean
@@ -51,7 +61,7 @@ def expert_summary(store: ResultStore, runs: Sequence[RunRow]) -> dict[str, Any]
         layers = _layers(m)
         if not layers:
             continue
-        experts = int(r.config.get("num_experts") or 8)
+        experts = _experts(r)
         s = out.setdefault(r.structure, {"experts": experts, "runs": 0, "first": [], "last": [], "entropy": [],
                                           "aux": [], "collapsed": [], "_curves": {}})
         s["runs"] += 1
