@@ -269,11 +269,8 @@ class TrainState:
         """Time spent inside is not training time (evaluation, checkpoints). The device is
         synchronised first, so the training time read here is complete."""
         self._sync()
-        self.elapsed_s += time.perf_counter() - self._clock
-        try:
+        with self.paused():
             yield
-        finally:
-            self._clock = time.perf_counter()
 
     # -- data and evaluation --------------------------------------------------------------
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
@@ -394,10 +391,7 @@ def _loop(state: TrainState, hooks: Sequence[Callback]) -> None:
     state.start_clock()
     while state.step < config.steps:
         step = state.step + 1
-        if fetch_untimed:
-            with state.paused():
-                batch = state.batch(step)
-        else:
+        with state.paused() if fetch_untimed else contextlib.nullcontext():
             batch = state.batch(step)
         with autocast(state.options.device, config.precision):
             loss = state.task.loss(state.forward_model, batch)

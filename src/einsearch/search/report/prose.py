@@ -320,17 +320,16 @@ def _time_reading(m: float | None, t: float | None, m_ci: Any = None, t_ci: Any 
     if m is None or t is None:
         return "no estimate"
 
-    def verdict(x: float, ci: Any, what: str) -> tuple[bool, str]:
+    def verdict(x: float, ci: Any) -> tuple[bool, str]:
         settled = ci is None or not (ci[0] <= 1.0 <= ci[1])
         verb = ("saves" if x > 1 else "costs") if settled else ("may save" if x > 1 else "may cost")
-        return x > 1, f"{verb} {what}"
+        return x > 1, verb
 
-    saves_c, c = verdict(m, m_ci, "compute")
-    saves_t, tt = verdict(t, t_ci, "time")
+    saves_c, verb_c = verdict(m, m_ci)
+    saves_t, verb_t = verdict(t, t_ci)
     if saves_c != saves_t:
-        return f"{c} but {tt} here"
-    verb_c, verb_t = c.rsplit(" ", 1)[0], tt.rsplit(" ", 1)[0]
-    return f"{verb_c} compute and time" if verb_c == verb_t else f"{c}, {tt}"
+        return f"{verb_c} compute but {verb_t} time here"
+    return f"{verb_c} compute and time" if verb_c == verb_t else f"{verb_c} compute, {verb_t} time"
 
 
 def _recipe_text(recipe: dict[str, Any]) -> str:
