@@ -148,3 +148,33 @@ def test_compile_is_refused_on_the_cpu(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["search", "--preset", "tiny", "--device", "cpu", "--compile", "--out", str(out), "--quiet"]) == 2
     assert "--compile is for GPUs" in capsys.readouterr().err and not out.exists()
+
+
+
+def test_set_reaches_every_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["search", "--preset", "tiny", "--out", str(out), "--dry-run", "--set", "steps=7",
+            "--set", "train.dense_norm=false"]
+    assert main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("dense ")]
+    assert rows and all(row[4] == "7" for row in rows)  # the steps column
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("lr=0.1", "'lr' is a sweep axis"),           # refused by the argument parser
+    ("nope=1", "unknown field 'nope'"),
+    ("steps", "expected FIELD=VALUE"),
+    ("dense_norm=maybe", "dense_norm must be True or False, got 'maybe'"),  # by the spec's checks
+    ("beta2=1.5", "beta2"),
+])
+def test_bad_settings_fail_before_anything_is_written(setting, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    try:
+        code = main(["search", "--preset", "tiny", "--out", str(out), "--set", setting])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()

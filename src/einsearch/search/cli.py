@@ -79,6 +79,29 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _setting(text: str) -> tuple[str, Any]:
+    """``--set FIELD=VALUE``: a TrainConfig field (not a sweep axis) and its value read as YAML
+    (``0.1``, ``true``, ``normal``), so every run of the sweep gets it."""
+    import yaml
+
+    from .spec import sweep_axes, train_fields
+
+    key, sep, raw = text.partition("=")
+    key = key.strip().removeprefix("train.")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    if key in sweep_axes():
+        raise argparse.ArgumentTypeError(f"{key!r} is a sweep axis: set {sweep_axes()[key]!r} in the spec "
+                                         "(or --structures / --widths / --seeds)")
+    if key not in train_fields():
+        raise argparse.ArgumentTypeError(f"unknown field {key!r}; TrainConfig fields are "
+                                         f"{', '.join(sorted(train_fields() - set(sweep_axes())))}")
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"{key}: cannot read {raw!r} as a value: {err}") from None
+
+
 def _offset(text: str) -> str | float | None:
     """``--offset``: ``none``, ``shared`` or a fixed E >= 0."""
     if text.strip().lower() == "none":
@@ -200,7 +223,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     options = where.options
     check_trackers(args.track)  # a backend that is not installed fails before anything is written
     spec = load_spec(args.preset, task=args.task, structures=args.structures, widths=args.widths,
-                     steps=args.steps, data=args.data, seeds=args.seeds,
+                     steps=args.steps, data=args.data, seeds=args.seeds, train=dict(args.set or []),
                      precision=None if where.precision == "fp32" else where.precision)
     spec.check_buildable()  # every (structure, width) builds, before anything is written
     where.check_memory(spec, args)  # and fits on its device
@@ -350,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seeds", nargs="+", type=_non_negative_int, default=None,
                         help="override the preset's seeds (e.g. to re-run it with other seeds)")
     search.add_argument("--data", default=None, help="text file or directory for charlm")
+    search.add_argument("--set", action="append", type=_setting, default=None, metavar="FIELD=VALUE",
+                        help="set a training field for every run, over the preset's train: "
+                        "(repeatable; e.g. --set aux_loss_weight=0.1 --set dense_norm=false)")
     search.add_argument("--jobs", type=_positive_int, default=None,
                         help="parallel worker processes on the CPU (default 1; on GPUs see --runs-per-gpu)")
     search.add_argument("--quiet", action="store_true", help="no progress bar")

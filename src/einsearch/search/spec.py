@@ -60,8 +60,14 @@ def is_dense(structure: str) -> bool:
         return False
 
 
-def _train_fields() -> set[str]:
+def train_fields() -> set[str]:
+    """Names of the ``TrainConfig`` fields (a spec's ``train:`` keys, besides the sweep axes)."""
     return {f.name for f in dataclasses.fields(_train_config_cls())}
+
+
+def sweep_axes() -> dict[str, str]:
+    """TrainConfig fields a spec sweeps over, each with the spec key that sets it (``seed: seeds``)."""
+    return dict(_AXES)
 
 
 def _as_list(value: Any, name: str) -> list:
@@ -311,7 +317,7 @@ class SweepSpec:
 
     def validate_train_keys(self) -> None:
         """Raise ValueError naming any ``train`` key that is not a TrainConfig field."""
-        known = _train_fields()
+        known = train_fields()
         for key in self.train:
             if key not in known:
                 raise ValueError(f"unknown key train.{key!r}; TrainConfig fields are "
@@ -382,7 +388,7 @@ def load_spec(preset_or_path: str | os.PathLike[str], **overrides: Any) -> Sweep
     spec_fields = {f.name for f in dataclasses.fields(SweepSpec)}
     for key in data:
         if key not in spec_fields | _EXTRA_KEYS:
-            hint = " (did you mean to put it under 'train:'?)" if key in _train_fields() else ""
+            hint = " (did you mean to put it under 'train:'?)" if key in train_fields() else ""
             raise ValueError(f"{source}: unknown key {key!r}{hint}; allowed keys are "
                              f"{sorted(spec_fields)}")
     train = dict(data.get("train") or {})
@@ -393,7 +399,7 @@ def load_spec(preset_or_path: str | os.PathLike[str], **overrides: Any) -> Sweep
             train.update(value)
         elif key in spec_fields:
             data[key] = value
-        elif key in _train_fields():
+        elif key in train_fields():
             if key in _AXES:
                 data[_AXES[key]] = value
             else:
