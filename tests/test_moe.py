@@ -29,11 +29,12 @@ def _counted(fn) -> int:
 
 
 # ------------------------------------------------------------------ BTTMoELinear
+@pytest.mark.parametrize("router_gate", ["topk", "switch"])
 @pytest.mark.parametrize("d_in,d_out,num_experts,top_k", [
     (64, 64, 8, 2), (16, 64, 4, 1), (64, 16, 4, 4), (17, 13, 3, 2), (96, 96, 8, 3), (1, 5, 2, 1),
 ])
-def test_forward_equals_dense_reference(d_in, d_out, num_experts, top_k):
-    layer = BTTMoELinear(d_in, d_out, num_experts, top_k)
+def test_forward_equals_dense_reference(d_in, d_out, num_experts, top_k, router_gate):
+    layer = BTTMoELinear(d_in, d_out, num_experts, top_k, router_gate=router_gate)
     _random_router(layer)
     with torch.no_grad():
         layer.bias.normal_()
@@ -252,18 +253,58 @@ def test_value_errors_elsewhere():
         structurize(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)), "btt_moe")
     with pytest.raises(ValueError, match="no feed-forward blocks"):
         moeify(nn.Sequential(nn.Linear(8, 8)), 4, 2)
+    for make in (lambda: BTTMoELinear(8, 8, 4, router_gate="sparse"), lambda: MoEFFN(8, router_gate="sparse"),
+                 lambda: moeify(GPT(64, vocab_size=96, block_size=16, depth=1), 4, 2, router_gate="sparse"),
+                 lambda: structurize(nn.Sequential(nn.Linear(8, 8)), "btt_moe(num_experts=4, router_gate=sparse)")):
+        with pytest.raises(ValueError, match="router_gate must be one of .*got 'sparse'"):
+            make()
+
+
+@pytest.mark.parametrize("make", [lambda gate: BTTMoELinear(32, 32, 8, 1, router_gate=gate),
+                                  lambda gate: MoEFFN(32, 8, 1, router_gate=gate)], ids=["btt_moe", "ffn_moe"])
+def test_top1_router_learns_from_the_task_only_with_the_switch_gate(make):
+    """With k = 1 the softmax over the one kept logit is identically 1: the task loss gives the
+    router no gradient at all; the Switch gate (that expert's probability over all E) gives one."""
+    x, target = torch.randn(64, 32), torch.randn(64, 32)
+    grads = {}
+    for gate in ("topk", "switch"):
+        torch.manual_seed(0)
+        layer = make(gate)
+        _random_router(layer, 0.3)
+        (layer(x) - target).pow(2).mean().backward()  # the task loss alone, no aux loss
+        grads[gate] = layer.router.weight.grad
+    assert grads["topk"] is None or torch.count_nonzero(grads["topk"]) == 0
+    assert grads["switch"] is not None and grads["switch"].abs().sum() > 0
+
+
+def test_switch_gates_are_the_kept_probabilities_over_all_experts():
+    layer = BTTMoELinear(16, 16, 4, 2, router_gate="switch")
+    x = torch.randn(7, 16)
+    _random_router(layer)
+    routing = layer.router(x)
+    probs = torch.softmax(x @ layer.router.weight.T, dim=-1)
+    torch.testing.assert_close(routing.gate, probs.gather(1, routing.expert))
+    assert (routing.gate.sum(-1) < 1).all()
+    with torch.no_grad():  # a zero router: every kept gate is 1/E, the layer's output k/E of topk's
+        layer.router.weight.zero_()
+    topk = BTTMoELinear(16, 16, 4, 2)
+    topk.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(layer(x), topk(x) * 2 / 4 + layer.bias * (1 - 2 / 4))
 
 
 # ------------------------------------------------------------------------ MoEFFN
-def test_moe_ffn_equals_hand_written_reference():
-    ffn = MoEFFN(16, num_experts=4, top_k=2, hidden_mult=4)
+@pytest.mark.parametrize("router_gate", ["topk", "switch"])
+def test_moe_ffn_equals_hand_written_reference(router_gate):
+    ffn = MoEFFN(16, num_experts=4, top_k=2, hidden_mult=4, router_gate=router_gate)
     _random_router(ffn)
     x = torch.randn(2, 5, 16)
     y = ffn(x)
     ref = torch.zeros(10, 16)
     for n, token in enumerate(x.reshape(10, 16)):
-        top = torch.topk(ffn.router.weight @ token, 2)
-        for gate, e in zip(torch.softmax(top.values, dim=0), top.indices):
+        logits = ffn.router.weight @ token
+        top = torch.topk(logits, 2)
+        gates = torch.softmax(logits, 0)[top.indices] if router_gate == "switch" else torch.softmax(top.values, 0)
+        for gate, e in zip(gates, top.indices):
             ref[n] += gate * (F.gelu(token @ ffn.w_fc[e]) @ ffn.w_proj[e])
     torch.testing.assert_close(y, ref.reshape(2, 5, 16))
     assert ffn.aux_loss is not None

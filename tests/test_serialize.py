@@ -67,6 +67,19 @@ def test_save_structured_round_trips_onto_a_fresh_dense_model(family, structure,
         assert any((tmp_path / "hf").glob("*.safetensors"))
 
 
+def test_the_router_gate_survives_saving(tmp_path):
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 16))
+    model = copy.deepcopy(dense)
+    summary = structurize(model, "btt_moe(num_experts=4, top_k=1, router_gate=switch)")
+    _perturb(model)
+    save_structured(model, tmp_path, summary)
+    fresh = load_structured(_fresh(dense), tmp_path)
+    assert [m.router.gate for m in fresh.modules() if isinstance(m, BTTMoELinear)] == ["switch", "switch"]
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(fresh(x), model(x))
+
+
 def _fresh(dense: nn.Module) -> nn.Module:
     """A new instance of the dense architecture with its own random init."""
     fresh = copy.deepcopy(dense)

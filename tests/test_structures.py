@@ -74,7 +74,7 @@ def test_moe_kinds():
     assert btt.theta is None and btt.taxonomy() is None and btt.expert_theta == Theta.monarch()
     assert btt.baseline == "moe" and btt.label == "btt_moe(num_experts=4, top_k=1, router_lr=mup, router_init=zero)"
     assert btt.to_dict() == {"kind": "btt_moe", "name": "btt_moe", "num_experts": 4, "top_k": 1,
-                             "router_lr": "mup", "router_init": "zero"}
+                             "router_lr": "mup", "router_init": "zero", "router_gate": "topk"}
     moe = parse_structure("moe")
     assert moe == FFNMoEStructure(8, 2) and moe.is_moe and moe.baseline is None and moe.theta is None
     assert moe != BTTMoEStructure(8, 2)

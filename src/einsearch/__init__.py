@@ -36,7 +36,7 @@ from .base import LayerCost, StructuredLinear
 from .convert import DensifySummary, StructurizeSummary, densify, structurize
 from .fit import fit_to_dense, from_linear, project, project_into
 from .layers import EinsumLinear
-from .moe import ROUTER_INITS, ROUTER_LRS, BTTMoELinear, MoEFFN, aux_loss, expert_stats, moeify
+from .moe import ROUTER_GATES, ROUTER_INITS, ROUTER_LRS, BTTMoELinear, MoEFFN, aux_loss, expert_stats, moeify
 from .mup import lr_multipliers, param_groups
 from .plan import EinsumPlan, make_plan
 from .projection import ProjectionResult, project_cores
@@ -62,7 +62,7 @@ __all__ = [
     "param_groups", "lr_multipliers", "structurize", "StructurizeSummary",
     "project", "project_into", "project_cores", "ProjectionResult", "from_linear", "fit_to_dense",
     "densify", "DensifySummary", "StructuredMultiheadAttention",
-    "BTTMoELinear", "MoEFFN", "moeify", "aux_loss", "expert_stats", "ROUTER_LRS", "ROUTER_INITS",
+    "BTTMoELinear", "MoEFFN", "moeify", "aux_loss", "expert_stats", "ROUTER_LRS", "ROUTER_INITS", "ROUTER_GATES",
     "save_structured", "load_structured",
     "StructuredLinear", "StructureConfig", "ThetaStructure", "BTTMoEStructure", "FFNMoEStructure",
     "parse_structure", "register_structure", "structure_options", "apply_structure", "structure_kinds",

@@ -13,7 +13,7 @@ from .attention import StructuredMultiheadAttention
 from .guard import finish, prepare, run_example
 from .layers import EinsumLinear
 from .replace import ReplacedLayer, Select, StructurizeSummary, linear_layers, set_submodule
-from .structures import StructureConfig, apply_structure, parse_structure, replace_linear_layers
+from .structures import StructureConfig, apply_structure, parse_structure, replace_linear_layers, structure_options
 from .theta import Theta, resolve_structure
 
 __all__ = ["structurize", "StructurizeSummary", "ReplacedLayer", "linear_layers", "densify", "DensifySummary",
@@ -103,9 +103,10 @@ def structurize(
         return _guarded(model, run, select, exclude, example_input)
     config = parse_structure(structure)  # fails early on a bad name
     if isinstance(structure, str) and config.options:
-        # a kind named by text takes its options from the keyword arguments; the first is required
+        # a kind named by text takes its options from the text or the keyword arguments; the first
+        # is required (``"btt_moe(num_experts=4)"`` or ``"btt_moe", num_experts=4``)
         first, *rest = config.options
-        if first not in layer_kwargs:
+        if first not in layer_kwargs and first not in structure_options(structure):
             optional = f" (and optionally {', '.join(f'{o}=...' for o in rest)})" if rest else ""
             raise ValueError(f"structurize(model, {structure!r}) needs {first}=...{optional}")
         config = parse_structure(config, **{o: layer_kwargs.pop(o) for o in config.options if o in layer_kwargs})

@@ -8,7 +8,10 @@ whose rank axis rho has exactly ``num_experts`` = E slices::
 
 Rank slice r of (A, B) is expert r: on its own it is a rank-1 BTT, i.e. a Monarch layer. A
 router (a dense d_in x E map, zero at init) scores the experts per token; the top-k scores
-are kept and turned into gates by a softmax over those k logits; the gate multiplies the
+are kept and turned into gates by a softmax over those k logits (``router_gate="topk"``, the
+authors'; with k = 1 that gate is identically 1, so the router learns from the auxiliary loss
+alone; ``"switch"`` keeps the chosen experts' probabilities under the softmax over all E, as the
+Switch Transformer does, which gives the router the task's gradient at any k); the gate multiplies the
 intermediate z[..., r] before the second core. Only the k active slices are computed: token /
 expert assignments are sorted by expert and each expert runs its two small batched matmuls on
 the tokens routed to it, so counted FLOPs and wall-clock both fall as top_k / num_experts.
@@ -60,7 +63,7 @@ from .replace import ReplacedLayer, StructurizeSummary, set_submodule
 from .theta import Theta
 
 __all__ = ["BTTMoELinear", "MoEFFN", "Router", "Routing", "aux_loss", "moeify", "router_aux_loss",
-           "Z_LOSS_WEIGHT", "ROUTER_INITS", "ROUTER_LRS", "expert_stats"]
+           "Z_LOSS_WEIGHT", "ROUTER_INITS", "ROUTER_LRS", "ROUTER_GATES", "expert_stats"]
 
 #: weight of the router z-loss inside each layer's aux loss
 Z_LOSS_WEIGHT = 0.1
@@ -68,12 +71,21 @@ Z_LOSS_WEIGHT = 0.1
 ROUTER_INITS = ("zero", "normal")
 #: router learning rates: muP's width multiplier of its fan-in d_in ("mup"), or the plain lr
 ROUTER_LRS = ("mup", "plain")
+#: how the kept logits become gates: a softmax over the k kept logits ("topk", the authors'; sums
+#: to 1, and is 1 at k = 1) or their probabilities under the softmax over all E ("switch")
+ROUTER_GATES = ("topk", "switch")
 
 
 def check_router_lr(router_lr: object, owner: str) -> str:
     if router_lr not in ROUTER_LRS:
         raise ValueError(f"{owner}: router_lr must be one of {ROUTER_LRS}, got {router_lr!r}")
     return str(router_lr)
+
+
+def check_router_gate(router_gate: object, owner: str) -> str:
+    if router_gate not in ROUTER_GATES:
+        raise ValueError(f"{owner}: router_gate must be one of {ROUTER_GATES}, got {router_gate!r}")
+    return str(router_gate)
 
 
 def check_moe_args(num_experts: object, top_k: object, owner: str) -> tuple[int, int]:
@@ -90,7 +102,7 @@ def check_moe_args(num_experts: object, top_k: object, owner: str) -> tuple[int,
 class Routing:
     """Per-token routing decision.
 
-    expert: (n, k) chosen expert ids; gate: (n, k) softmax over the chosen logits;
+    expert: (n, k) chosen expert ids; gate: (n, k) the chosen experts' weights (``Router.gate``);
     logits: (n, E) raw router scores; aux: scalar auxiliary loss of this decision.
     """
 
@@ -116,7 +128,9 @@ def router_aux_loss(logits: Tensor, expert: Tensor, num_experts: int) -> Tensor:
 
 class Router(nn.Module):
     """Dense d_in x E scoring map (no bias) with top-k softmax gates; zero at init, or N(0, 1/d_in)
-    with ``init="normal"`` (the authors' FFN-MoE router).
+    with ``init="normal"`` (the authors' FFN-MoE router). ``gate="topk"``: a softmax over the k
+    kept logits (gates sum to 1); ``"switch"``: the kept experts' probabilities under the softmax
+    over all E (gates sum to at most 1; the only choice that trains the router at k = 1).
 
     Deliberately not an ``nn.Linear``, so ``structurize`` never replaces it; its learning rate is
     set by its MoE layer's ``mup_lr_multipliers`` (muP's width multiplier, or the plain lr).
@@ -126,12 +140,13 @@ class Router(nn.Module):
     detached device tensors (nothing is read back; the expert diagnostics read them at log points).
     """
 
-    def __init__(self, d_in: int, num_experts: int, top_k: int, *, init: str = "zero", device=None,
-                 dtype=None) -> None:
+    def __init__(self, d_in: int, num_experts: int, top_k: int, *, init: str = "zero", gate: str = "topk",
+                 device=None, dtype=None) -> None:
         super().__init__()
         if init not in ROUTER_INITS:
             raise ValueError(f"Router: init must be one of {ROUTER_INITS}, got {init!r}")
         self.num_experts, self.top_k, self.init = num_experts, top_k, init
+        self.gate = check_router_gate(gate, "Router")
         self.weight = nn.Parameter(torch.zeros(num_experts, d_in, device=device, dtype=dtype))
         self.stats: dict[str, Tensor] = {}
         self.reset_parameters()
@@ -156,7 +171,7 @@ class Router(nn.Module):
         else:
             logits = F.linear(x2, self.weight)
         top_logits, expert = logits.topk(self.top_k, dim=-1)
-        gate = torch.softmax(top_logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        gate = gate_weights(logits, top_logits, expert, self.gate)
         aux = router_aux_loss(logits, expert, self.num_experts)
         if self.training and logits.shape[0] > 0:
             with torch.no_grad():
@@ -170,7 +185,18 @@ class Router(nn.Module):
         return 2 * self.weight.shape[0] * self.weight.shape[1]
 
     def extra_repr(self) -> str:
-        return f"d_in={self.weight.shape[1]}, num_experts={self.num_experts}, top_k={self.top_k}"
+        return (f"d_in={self.weight.shape[1]}, num_experts={self.num_experts}, top_k={self.top_k}"
+                + ("" if self.gate == "topk" else f", gate={self.gate}"))
+
+
+def gate_weights(logits: Tensor, top_logits: Tensor, expert: Tensor, kind: str) -> Tensor:
+    """(n, k) gates of the chosen ``expert`` (n, k) from router ``logits`` (n, E) and their
+    ``top_logits`` (n, k), in at least float32: ``"topk"`` a softmax over the k kept logits,
+    ``"switch"`` the kept entries of the softmax over all E."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    if kind == "switch":
+        return torch.softmax(logits.to(dtype), dim=-1).gather(-1, expert)
+    return torch.softmax(top_logits.to(dtype), dim=-1)
 
 
 def _dispatch(routing: Routing) -> list[tuple[int, Tensor, Tensor]]:
@@ -278,6 +304,7 @@ class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
             layer it sits beside (lr x the width multiplier of its fan-in d_in), so a rate tuned
             at one width transfers; ``"plain"``: the base lr at every width.
         router_init: ``"zero"`` (default) or ``"normal"`` (N(0, 1/d_in)).
+        router_gate: ``"topk"`` (default: softmax over the kept logits) or ``"switch"`` (``Router``).
 
     Shapes: input (..., d_in) -> output (..., d_out). ``core_a`` has axes (alpha, gamma, delta,
     phi, rho) and ``core_b`` (beta, gamma, epsilon, phi, rho), with rho of size E; the other
@@ -298,6 +325,7 @@ class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
         zero_init: bool = False,
         router_lr: str = "mup",
         router_init: str = "zero",
+        router_gate: str = "topk",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -314,7 +342,7 @@ class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
         self.core_a = nn.Parameter(torch.empty(s.alpha, s.gamma, s.delta, s.phi, E, **factory))
         self.core_b = nn.Parameter(torch.empty(s.beta, s.gamma, s.epsilon, s.phi, E, **factory))
         self._register_gains_and_bias(device, dtype)
-        self.router = Router(d_in, E, self.top_k, init=router_init, **factory)
+        self.router = Router(d_in, E, self.top_k, init=router_init, gate=router_gate, **factory)
         self.aux_loss: Tensor | None = None
         self.reset_parameters()
 
@@ -415,7 +443,9 @@ class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
         x64 = x.reshape(-1, self.d_in).to(torch.float64)
         logits = x64 @ self.router.weight.to(torch.float64).T
         top_logits, expert = logits.topk(self.top_k, dim=-1)
-        gates = torch.zeros_like(logits).scatter(1, expert, torch.softmax(top_logits, dim=-1))
+        weights = torch.softmax(logits, -1).gather(1, expert) if self.router.gate == "switch" \
+            else torch.softmax(top_logits, dim=-1)
+        gates = torch.zeros_like(logits).scatter(1, expert, weights)
         y = torch.einsum("ne,eoi,ni->no", gates, self.expert_matrices(torch.float64), x64)
         if self.bias is not None:
             y = y + self.bias.to(torch.float64)
@@ -444,8 +474,9 @@ class BTTMoELinear(_HoldsAuxLoss, StructuredLinear):
         )
 
     def _repr_head(self) -> list[str]:
-        return [f"num_experts={self.num_experts}", f"top_k={self.top_k}", f"router_lr={self.router_lr}",
-                f"router_init={self.router.init}"]
+        return ([f"num_experts={self.num_experts}", f"top_k={self.top_k}", f"router_lr={self.router_lr}",
+                 f"router_init={self.router.init}"]
+                + ([] if self.router.gate == "topk" else [f"router_gate={self.router.gate}"]))
 
     def _repr_tail(self) -> list[str]:
         return ((["zero_init=True"] if self.zero_init else [])
@@ -466,6 +497,7 @@ class MoEFFN(_HoldsAuxLoss, nn.Module):
         router_init: ``"normal"`` (default, N(0, 1/width): tokens spread over the experts from
             step 0, as the authors' code re-initialises it) or ``"zero"`` (every token ties
             onto the same top-k experts at step 0).
+        router_gate: ``"topk"`` (default) or ``"switch"`` (``Router``).
 
     ``w_fc`` is (E, w, h) and ``w_proj`` (E, h, w): expert e maps x to
     ``gelu(x @ w_fc[e]) @ w_proj[e]``; the block returns sum over the top-k experts of
@@ -474,7 +506,8 @@ class MoEFFN(_HoldsAuxLoss, nn.Module):
 
     def __init__(self, width: int, num_experts: int = 8, top_k: int = 2, hidden_mult: int = 4, *,
                  zero_init: bool = False, router_lr: str = "mup", router_init: str = "normal",
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+                 router_gate: str = "topk", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.width = check_positive_int(width, "width", "MoEFFN")
         self.router_lr = check_router_lr(router_lr, "MoEFFN")
@@ -485,7 +518,8 @@ class MoEFFN(_HoldsAuxLoss, nn.Module):
         factory: dict[str, Any] = {"device": device, "dtype": dtype}  # torch.empty/ones keywords
         self.w_fc = nn.Parameter(torch.empty(self.num_experts, self.width, self.hidden, **factory))
         self.w_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden, self.width, **factory))
-        self.router = Router(self.width, self.num_experts, self.top_k, init=router_init, **factory)
+        self.router = Router(self.width, self.num_experts, self.top_k, init=router_init, gate=router_gate,
+                             **factory)
         self.aux_loss: Tensor | None = None
         self.reset_parameters()
 
@@ -544,6 +578,7 @@ class MoEFFN(_HoldsAuxLoss, nn.Module):
     def extra_repr(self) -> str:
         return (f"width={self.width}, hidden={self.hidden}, num_experts={self.num_experts}, top_k={self.top_k}, "
                 f"router_lr={self.router_lr}, router_init={self.router.init}"
+                + ("" if self.router.gate == "topk" else f", router_gate={self.router.gate}")
                 + (", zero_init=True" if self.zero_init else "")
                 + f", active_flops/token={self.flops_per_token():,}")
 
@@ -566,7 +601,7 @@ def aux_loss(model: nn.Module) -> Tensor:
 
 
 def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2, *, router_lr: str = "mup",
-           router_init: str = "normal") -> StructurizeSummary:
+           router_init: str = "normal", router_gate: str = "topk") -> StructurizeSummary:
     """Replace every feed-forward block of ``model`` (a module with ``is_ffn = True`` and dense
     ``fc`` / ``proj`` layers, like the GPT MLP of ``einsearch.search.models``) with ``MoEFFN``.
 
@@ -578,6 +613,7 @@ def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2, *, router_lr:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     num_experts, top_k = check_moe_args(num_experts, top_k, "moeify")
+    check_router_gate(router_gate, "moeify")
     targets = [(name, m) for name, m in model.named_modules() if getattr(m, "is_ffn", False) is True]
     if not targets:
         raise ValueError(f"moeify: {type(model).__name__} has no feed-forward blocks "
@@ -594,7 +630,7 @@ def moeify(model: nn.Module, num_experts: int = 8, top_k: int = 2, *, router_lr:
                              "expected w -> m*w -> w")
         new = MoEFFN(width, num_experts, top_k, hidden // width,
                      zero_init=not proj.weight.is_meta and bool((proj.weight.detach() == 0).all()),
-                     router_lr=router_lr, router_init=router_init,
+                     router_lr=router_lr, router_init=router_init, router_gate=router_gate,
                      device=fc.weight.device, dtype=fc.weight.dtype)
         set_submodule(model, name, new)
         summary.layers.append(ReplacedLayer(

@@ -47,11 +47,12 @@ def _entry(name: str, module: nn.Module) -> dict[str, Any] | None:
         return {"name": name, "kind": "btt_moe_linear", "d_in": module.d_in, "d_out": module.d_out,
                 "num_experts": module.num_experts, "top_k": module.top_k, "bias": module.bias is not None,
                 "einsum_norm": module.einsum_norm, "zero_init": module.zero_init, "router_lr": module.router_lr,
-                "router_init": module.router.init}
+                "router_init": module.router.init, "router_gate": module.router.gate}
     if isinstance(module, MoEFFN):
         return {"name": name, "kind": "moe_ffn", "width": module.width, "num_experts": module.num_experts,
                 "top_k": module.top_k, "hidden_mult": module.hidden_mult, "zero_init": module.zero_init,
-                "router_lr": module.router_lr, "router_init": module.router.init}
+                "router_lr": module.router_lr, "router_init": module.router.init,
+                "router_gate": module.router.gate}
     if type(module) is StructuredMultiheadAttention:
         return {"name": name, "kind": "attention"}
     return None
@@ -132,13 +133,14 @@ def _rebuild(entry: dict[str, Any], old: nn.Module) -> nn.Module:
                                 zero_init=entry["zero_init"], **_factory(old))
         return BTTMoELinear(d_in, d_out, entry["num_experts"], entry["top_k"], entry["bias"],
                             einsum_norm=entry["einsum_norm"], zero_init=entry["zero_init"],
-                            router_lr=entry["router_lr"], router_init=entry["router_init"], **_factory(old))
+                            router_lr=entry["router_lr"], router_init=entry["router_init"],
+                            router_gate=entry.get("router_gate", "topk"), **_factory(old))
     if kind == "moe_ffn":
         if getattr(old, "is_ffn", False) is not True:
             raise ValueError(f"{name}: expected a feed-forward block (is_ffn = True), found {type(old).__name__}")
         return MoEFFN(entry["width"], entry["num_experts"], entry["top_k"], entry["hidden_mult"],
                       zero_init=entry["zero_init"], router_lr=entry["router_lr"], router_init=entry["router_init"],
-                      **_factory(old))
+                      router_gate=entry.get("router_gate", "topk"), **_factory(old))
     raise ValueError(f"{name}: unknown structured module kind {kind!r}")
 
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ._checks import check_bool
 from .base import StructuredLinear
 from .layers import EinsumLinear
-from .moe import ROUTER_INITS, BTTMoELinear, check_moe_args, check_router_lr, moeify
+from .moe import ROUTER_INITS, BTTMoELinear, check_moe_args, check_router_gate, check_router_lr, moeify
 from .replace import (
     ReplacedLayer,
     Select,
@@ -138,9 +138,10 @@ class _MoEStructure(StructureConfig):
     top_k: int = 2
     router_lr: str = "mup"
     router_init: str = "zero"
+    router_gate: str = "topk"
 
     kind: ClassVar[str] = ""
-    options: ClassVar[tuple[str, ...]] = ("num_experts", "top_k", "router_lr", "router_init")
+    options: ClassVar[tuple[str, ...]] = ("num_experts", "top_k", "router_lr", "router_init", "router_gate")
 
     def __post_init__(self) -> None:
         check_moe_args(self.num_experts, self.top_k, type(self).__name__)
@@ -148,6 +149,7 @@ class _MoEStructure(StructureConfig):
         if self.router_init not in ROUTER_INITS:
             raise ValueError(f"{type(self).__name__}: router_init must be one of {ROUTER_INITS}, "
                              f"got {self.router_init!r}")
+        check_router_gate(self.router_gate, type(self).__name__)
 
     @property
     def name(self) -> str:
@@ -156,7 +158,8 @@ class _MoEStructure(StructureConfig):
     @property
     def label(self) -> str:
         return (f"{self.kind}(num_experts={self.num_experts}, top_k={self.top_k}, router_lr={self.router_lr}, "
-                f"router_init={self.router_init})")
+                f"router_init={self.router_init}"
+                + ("" if self.router_gate == "topk" else f", router_gate={self.router_gate}") + ")")
 
     @property
     def is_moe(self) -> bool:
@@ -164,7 +167,7 @@ class _MoEStructure(StructureConfig):
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "num_experts": self.num_experts, "top_k": self.top_k,
-                "router_lr": self.router_lr, "router_init": self.router_init}
+                "router_lr": self.router_lr, "router_init": self.router_init, "router_gate": self.router_gate}
 
 
 @dataclass(frozen=True)
@@ -376,7 +379,7 @@ def _apply_btt_moe(model: nn.Module, config: BTTMoEStructure, select: Select = N
 
     def make(name: str, old: nn.Module, d_in: int, d_out: int, kwargs: dict[str, Any]) -> BTTMoELinear:
         return BTTMoELinear(d_in, d_out, config.num_experts, config.top_k, router_lr=config.router_lr,
-                            router_init=config.router_init, **kwargs)
+                            router_init=config.router_init, router_gate=config.router_gate, **kwargs)
 
     return replace_linear_layers(model, make, config.label, select, **layer_kwargs)
 
@@ -385,7 +388,7 @@ def _apply_ffn_moe(model: nn.Module, config: FFNMoEStructure, select: Select = N
                    **layer_kwargs: Any) -> StructurizeSummary:
     _no_fit(config, fit)
     experts = moeify(model, config.num_experts, config.top_k, router_lr=config.router_lr,
-                     router_init=config.router_init)
+                     router_init=config.router_init, router_gate=config.router_gate)
     rest = _apply_theta(model, ThetaStructure(Theta.dense()), select, **layer_kwargs)
     return StructurizeSummary(structure=config.label, layers=experts.layers + rest.layers,
                               skipped=rest.skipped)

@@ -24,9 +24,12 @@ def test_moe_settings_stay_out_of_runs_without_experts():
     dense = TrainConfig(structure="monarch")
     assert dataclasses.replace(dense, router_lr="plain").run_id() == dense.run_id()
     assert dataclasses.replace(dense, router_init="normal").run_id() == dense.run_id()
+    assert dataclasses.replace(dense, router_gate="switch").run_id() == dense.run_id()
     assert dataclasses.replace(dense, dense_norm=False).run_id() == dense.run_id()  # monarch has no dense layer
     moe = TrainConfig(structure="btt_moe", num_experts=4)
     assert dataclasses.replace(moe, router_lr="plain").run_id() != moe.run_id()
+    assert dataclasses.replace(moe, router_gate="switch").run_id() != moe.run_id()
+    assert dataclasses.replace(moe, router_gate="switch").structure_config().router_gate == "switch"
     assert dataclasses.replace(TrainConfig(), dense_norm=False).run_id() != TrainConfig().run_id()
     for field, value in (("beta2", 0.95), ("grad_clip", 1.0)):
         assert dataclasses.replace(dense, **{field: value}).run_id() != dense.run_id()
@@ -34,6 +37,7 @@ def test_moe_settings_stay_out_of_runs_without_experts():
 
 @pytest.mark.parametrize("field, value, message", [
     ("router_lr", "fast", "one of mup, plain"), ("router_init", "ones", "one of auto, zero, normal"),
+    ("router_gate", "soft", "one of topk, switch"),
     ("beta2", 1.0, "[0, 1)"), ("grad_clip", -1.0, "non-negative"), ("dense_norm", 1, "True or False"),
     ("depth_mup", True, "setting of the GPT tasks"),
 ])

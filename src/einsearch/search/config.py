@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from einsearch import ROUTER_LRS, StructureConfig, parse_structure, structure_kinds
+from einsearch import ROUTER_GATES, ROUTER_LRS, StructureConfig, parse_structure, structure_kinds
 from einsearch._checks import (
     check_bool,
     check_non_negative_float,
@@ -50,9 +50,9 @@ DEFAULT_NUM_EXPERTS = 8
 #: value a field stays out of the hash (see the module docstring)
 FIELDS_SINCE_V1: dict[str, Any] = {"precision": "fp32", "task_options": {}, "router_lr": "plain",
                                    "router_init": "zero", "dense_norm": True, "beta1": 0.9, "beta2": 0.999,
-                                   "grad_clip": 0.0, "depth_mup": False, "qk_norm": True}
+                                   "grad_clip": 0.0, "depth_mup": False, "qk_norm": True, "router_gate": "topk"}
 #: MoE recipe fields: they change nothing in a run that is not a mixture of experts
-MOE_FIELDS = ("router_lr", "router_init")
+MOE_FIELDS = ("router_lr", "router_init", "router_gate")
 #: router initialisations: the structure's own ("auto": zero for BTT-MoE, N(0, 1/d) for FFN-MoE)
 ROUTER_INIT_CHOICES = ("auto", "zero", "normal")
 #: seconds between mid-run checkpoints when a checkpoint folder is set (``--checkpoint-every``)
@@ -125,6 +125,9 @@ class TrainConfig:
         router_lr: MoE routers' rate, ``"mup"`` (lr x the width multiplier of the router's fan-in)
             [mup] or ``"plain"`` (the base lr at every width; einsearch before 0.3).
         router_init: ``"auto"`` (BTT-MoE zero, FFN-MoE N(0, 1/d)) [auto], ``"zero"``, ``"normal"``.
+        router_gate: ``"topk"`` (softmax over the k kept logits; 1 at k = 1, so the router then
+            learns from the balancing loss alone) [topk] or ``"switch"`` (the kept experts'
+            probabilities under the softmax over all E, as the Switch Transformer).
         dense_norm: dense layers carry the einsum norm too (einsearch's default) [False: plain].
         beta1, beta2, grad_clip: AdamW betas [0.9, 0.95] and the gradient-norm clip (0: none) [1.0].
         depth_mup: GPT residual branches scaled by sqrt(3 / depth) [True]; qk_norm: LayerNorm on
@@ -159,6 +162,7 @@ class TrainConfig:
     precision: str = "fp32"
     router_lr: str = "mup"
     router_init: str = "auto"
+    router_gate: str = "topk"
     dense_norm: bool = True
     beta1: float = 0.9
     beta2: float = 0.999
@@ -209,6 +213,8 @@ class TrainConfig:
             raise bad("router_lr", f"one of {', '.join(ROUTER_LRS)}")
         if self.router_init not in ROUTER_INIT_CHOICES:
             raise bad("router_init", f"one of {', '.join(ROUTER_INIT_CHOICES)}")
+        if self.router_gate not in ROUTER_GATES:
+            raise bad("router_gate", f"one of {', '.join(ROUTER_GATES)}")
         for name in ("dense_norm", "depth_mup", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "True or False")
@@ -238,7 +244,7 @@ class TrainConfig:
         config = parse_structure(self.structure)
         if config.is_moe:
             settings: dict[str, Any] = {"num_experts": self.num_experts or DEFAULT_NUM_EXPERTS, "top_k": self.top_k,
-                                        "router_lr": self.router_lr}
+                                        "router_lr": self.router_lr, "router_gate": self.router_gate}
             if self.router_init != "auto":
                 settings["router_init"] = self.router_init
             written = structure_options(self.structure)  # "btt_moe(num_experts=4, top_k=1)" wins over the fields

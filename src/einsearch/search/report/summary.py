@@ -271,7 +271,7 @@ def build_report(store: ResultStore, task: str | None = None, *, loss: str = "ev
 
 #: TrainConfig fields of the training recipe the report states (docs/design.md section 5)
 RECIPE_FIELDS = ("einsum_norm", "dense_norm", "beta1", "beta2", "grad_clip", "warmup_steps", "weight_decay",
-                 "schedule", "router_lr", "router_init", "aux_loss_weight", "depth_mup", "qk_norm")
+                 "schedule", "router_lr", "router_init", "router_gate", "aux_loss_weight", "depth_mup", "qk_norm")
 
 
 def recipe_summary(runs: Sequence[RunRow]) -> dict[str, list[Any]]:
