@@ -290,3 +290,14 @@ def test_a_run_that_does_not_fit_its_device_is_reported_before_it_starts():
         check_memory(spec, min(need.values()) - 1, "cuda:0")
     with pytest.raises(ValueError, match="shared by 4 runs"):
         check_memory(spec, int(max(need.values()) * 2), "cuda:0", runs_per_device=4)
+
+
+def test_the_run_table_stays_aligned_with_long_structure_texts(tmp_path, capsys):
+    long = "btt_moe(num_experts=4, top_k=1, router_gate=switch)"
+    assert main(["search", "--preset", "tiny", "--dry-run", "--structures", "dense", long,
+                 "--out", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("structure "))
+    rows = [line for line in lines if line.startswith(("dense ", long))]
+    end = header.index("width") + len("width")
+    assert len(rows) == 4 and all(row[:end].rstrip()[-2:].isdigit() and row[end] == " " for row in rows)

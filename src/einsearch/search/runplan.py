@@ -67,15 +67,16 @@ def format_run_table(spec: SweepSpec) -> str:
     """The run table as text, with totals (what ``--dry-run`` prints)."""
     rows = run_table(spec)
     dense = [r["flops_per_token"] for r in rows if r["structure"] == spec.reference_structure()]
+    name_w = max([len("structure"), *(len(r["structure"]) for r in rows)])  # long structure texts stay aligned
     lines = [f"task {spec.task}: {len(rows)} (structure, width) pairs, "
              f"{sum(r['runs'] for r in rows)} runs; base_width {spec.base_width()}; "
              f"widths {'compute-matched to dense' if spec.match_compute else 'as given'}",
-             f"{'structure':<34} {'width':>6} {'FLOPs/token':>12} {'x dense':>8} {'steps':>6} "
+             f"{'structure':<{name_w}} {'width':>6} {'FLOPs/token':>12} {'x dense':>8} {'steps':>6} "
              f"{'batch':>6} {'compute/run':>12}  seeds  lrs"]
     for r in rows:
         near = min(dense, key=lambda d: abs(math.log(r["flops_per_token"] / d))) if dense else None
         ratio = f"{r['flops_per_token'] / near:8.2f}" if near else f"{'':>8}"
-        lines.append(f"{r['structure']:<34} {r['width']:>6} {r['flops_per_token']:>12.4g} {ratio} "
+        lines.append(f"{r['structure']:<{name_w}} {r['width']:>6} {r['flops_per_token']:>12.4g} {ratio} "
                      f"{r['steps']:>6} {r['batch_size']:>6} {r['compute']:>12.3g}  "
                      f"{','.join(map(str, r['seeds'])):<5}  "
                      f"{','.join(f'{x:g}' for x in r['lrs'])}")
@@ -213,10 +214,11 @@ def format_lr_check(result: Mapping[str, Any]) -> str:
     else:
         head = "".join(f"{f'x {f:.3g}':>13}" for f in factors)
         about = "each structure's transferred lr (column 'lr')"
+    name_w = max([len("structure"), *(len(row["name"]) for row in result["structures"])])
     lines = [f"lr check: {about} (base_width {result['base_width']}), x "
              f"{', '.join(f'{f:.3g}' for f in factors)}, {result['steps']} steps, seed "
              f"{result['seed']}; final held-out loss (* = lowest)",
-             f"{'structure':<34} {'width':>6}" + (f"{'lr':>9}" if common is None else "")
+             f"{'structure':<{name_w}} {'width':>6}" + (f"{'lr':>9}" if common is None else "")
              + f"{head}  verdict"]
     flagged = 0
     for row in result["structures"]:
@@ -228,6 +230,6 @@ def format_lr_check(result: Mapping[str, Any]) -> str:
             "FLAG: no run finished" if row["best_lr"] is None
             else f"FLAG: best lr {row['best_lr']:.3g} is not the transferred one")
         flagged += row["flagged"]
-        lines.append(f"{row['name']:<34} {row['width']:>6}{cells}  {verdict}")
+        lines.append(f"{row['name']:<{name_w}} {row['width']:>6}{cells}  {verdict}")
     lines.append(f"{flagged} of {len(result['structures'])} structures flagged")
     return "\n".join(lines)
