@@ -15,7 +15,7 @@ import torch
 from einsearch.search.cli import main
 from einsearch.search.costmodel import flops_per_token, match_width, width_candidates
 from einsearch.search.runplan import format_lr_check, lr_check, run_table
-from einsearch.search.spec import SweepSpec
+from einsearch.search.spec import SweepSpec, load_spec
 from einsearch.search.sweep import search
 from einsearch.search.train import TrainConfig, build_model, count_forward_flops, log_spaced_steps
 
@@ -301,3 +301,15 @@ def test_the_run_table_stays_aligned_with_long_structure_texts(tmp_path, capsys)
     rows = [line for line in lines if line.startswith(("dense ", long))]
     end = header.index("width") + len("width")
     assert len(rows) == 4 and all(row[:end].rstrip()[-2:].isdigit() and row[end] == " " for row in rows)
+
+
+def test_structures_override_drops_the_preset_entries_of_structures_left_out(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("task: regression\nstructures: [dense, btt, low_rank]\n"
+                    "widths: {dense: [16, 32], low_rank: [32, 64]}\nmatch_compute: true\nseeds: [0]\n"
+                    "lrs: {dense: [0.01], low_rank: [0.02], default: [0.03]}\ntrain: {steps: 10}\n")
+    spec = load_spec(path, structures=["dense", "btt"])  # low_rank's entries go with it
+    assert spec.structures == ["dense", "btt"] and set(spec.lrs) == {"dense", "default"}
+    assert set(spec.widths) == {"dense"} and spec.lrs_for("btt") == [0.03]
+    with pytest.raises(ValueError, match="lrs: 'dnse' is not one of the structures"):
+        load_spec(path, structures=["dense", "btt"], lrs={"dnse": [0.1]})  # an override's own typo

@@ -376,6 +376,17 @@ def _positive_float(v: Any, name: str) -> float:
 # loading
 
 
+def _keep_chosen(data: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """With ``structures`` overridden, the file's per-structure ``lrs`` / ``widths`` entries for
+    structures left out are dropped (``--structures dense btt_moe`` on a preset that names more);
+    a mapping given as an override itself is kept as it is, so its typos still fail."""
+    chosen = {str(x).strip() for x in _as_list(overrides["structures"], "structures")}
+    for key in ("lrs", "widths"):
+        if isinstance(data.get(key), Mapping) and overrides.get(key) is None:
+            data[key] = {k: v for k, v in data[key].items()
+                         if str(k).strip() in chosen or (key == "lrs" and str(k).strip() == LRS_DEFAULT_KEY)}
+
+
 def load_spec(preset_or_path: str | os.PathLike[str], **overrides: Any) -> SweepSpec:
     """Load a preset by name (``"demo"``) or a YAML / TOML spec file, then apply overrides.
 
@@ -408,6 +419,8 @@ def load_spec(preset_or_path: str | os.PathLike[str], **overrides: Any) -> Sweep
             raise ValueError(f"unknown override {key!r}; use a sweep key "
                              f"{sorted(spec_fields)} or a TrainConfig field")
     data["train"] = train
+    if overrides.get("structures") is not None:
+        _keep_chosen(data, overrides)
     try:
         spec = SweepSpec(**data)
     except ValueError as err:
