@@ -142,6 +142,23 @@ def test_sweep_records_reports_and_resumes(tmp_path, fake_config):
         assert {r.run_id: r.finished_at for r in st.runs()} == first  # nothing rewritten
 
 
+def test_a_sweep_reports_its_own_runs_in_a_store_that_holds_others(tmp_path, fake_config):
+    """A store copied in to reuse runs may hold runs of the same structure, width, seed and lr
+    with other settings; the sweep's report covers the sweep's runs, the store keeps both."""
+    from einsearch.search.report import write_report
+
+    run_sweep(spec_of(), tmp_path, show_progress=False, train_fn=fake_train, report=False)
+    longer = spec_of(train={**FAST, "steps": 30})
+    out = run_sweep(longer, tmp_path, show_progress=False, train_fn=fake_train, n_bootstrap=5)
+    assert out.report_error is None and out.finished == 4
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["runs"] for s in summary["structures"]] == [2, 2]
+    with ResultStore(tmp_path / "results.sqlite") as st:
+        assert st.count() == 8
+    with pytest.raises(ValueError, match="the store mixes sweeps"):
+        write_report(tmp_path, n_bootstrap=5)  # the whole store: two runs per key
+
+
 def test_exception_between_runs_then_resume(tmp_path, fake_config):
     calls = []
 

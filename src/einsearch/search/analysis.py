@@ -217,9 +217,9 @@ UNITS = {"compute": "FLOPs", "time": "s"}
 
 
 def curves_from_store(store: Any, task: str | None = None, loss: str = "eval",
-                      axis: str = "compute") -> list[Curve]:
+                      axis: str = "compute", run_ids: Iterable[str] | None = None) -> list[Curve]:
     """The finished runs of ``task`` in a results store (a ``ResultStore`` or a path to one)
-    as :class:`Curve` records.
+    as :class:`Curve` records (``run_ids``: only these runs; None: all of them).
 
     ``loss="eval"``: the held-out loss at the steps where it was logged (runs without any are
     left out, with a logged warning); ``loss="train"``: the mean training loss per logging
@@ -243,7 +243,7 @@ def curves_from_store(store: Any, task: str | None = None, loss: str = "eval",
     try:
         task = store.resolve_task(task)
         out = []
-        for run, points in store.load(task=task, status="finished"):
+        for run, points in store.load(task=task, status="finished", run_ids=run_ids):
             if axis == "time" and any(p.elapsed_s is None for p in points):
                 continue
             pairs = [(p.step, p.compute if axis == "compute" else p.elapsed_s,
@@ -727,7 +727,9 @@ def _validate(curves: Any, dense: str, transient_fraction: Any, reference_loss: 
         key = (c.structure, int(c.width), c.seed, c.lr)
         if key in seen:
             raise ValueError(f"curves holds two runs of structure={c.structure!r} width={c.width} "
-                             f"seed={c.seed} lr={c.lr}")
+                             f"seed={c.seed} lr={c.lr} (they differ in another setting: the store mixes "
+                             "sweeps; a sweep's own report covers its runs only, or keep sweeps in "
+                             "separate folders)")
         seen.add(key)
     return curves
 

@@ -452,8 +452,8 @@ class ResultStore:
             f"SELECT run_id FROM runs WHERE status IN ({marks})", FINAL_STATUSES)}
 
     def runs(self, *, task: str | None = None, structure: str | None = None,
-             status: str | Iterable[str] | None = None) -> list[RunRow]:
-        """Runs, optionally filtered, ordered by structure, width, seed, lr."""
+             status: str | Iterable[str] | None = None, run_ids: Iterable[str] | None = None) -> list[RunRow]:
+        """Runs, optionally filtered (``run_ids``: only these), ordered by structure, width, seed, lr."""
         where, args = [], []
         if task is not None:
             where.append("task = ?")
@@ -469,7 +469,11 @@ class ResultStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY structure, width, seed, lr, run_id"
-        return [self._row(values) for values in self._conn.execute(sql, args)]
+        rows = [self._row(values) for values in self._conn.execute(sql, args)]
+        if run_ids is not None:
+            keep = set(run_ids)
+            rows = [r for r in rows if r.run_id in keep]
+        return rows
 
     def run(self, run_id: str) -> RunRow | None:
         """One run by id, or None."""

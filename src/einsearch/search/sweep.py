@@ -76,7 +76,8 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike[str], executor: Any | 
 
     ``executor`` (an :class:`einsearch.search.executors.Executor`; default: this process) trains
     the runs with ``options`` (``RunOptions``: device, threads, checkpoints); ``train_fn``
-    replaces ``einsearch.search.train.train``; ``report=False`` skips the report; ``sinks`` are
+    replaces ``einsearch.search.train.train``; ``report=False`` skips the report, which covers
+    the spec's runs only (``einsearch report`` reads the whole store); ``sinks`` are
     told of every recorded run (trackers). Whatever trains the runs, only this process writes
     the store.
     """
@@ -102,7 +103,9 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike[str], executor: Any | 
         from .report import write_report
 
         try:
-            outcome.summary = write_report(out, task=spec.task, n_bootstrap=n_bootstrap)
+            # the sweep's own runs: a store copied in to reuse runs may hold others with other settings
+            outcome.summary = write_report(out, task=spec.task, n_bootstrap=n_bootstrap,
+                                           run_ids={c.run_id() for c in configs})
         except (ValueError, FileNotFoundError) as err:
             outcome.report_error = str(err)
             log.error("no report: %s", err)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,8 @@ def write_report(out_dir: str | os.PathLike[str], *, task: str | None = None,
                  loss: str = "eval", n_bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0,
                  transient: float = DEFAULT_TRANSIENT_FRACTION,
                  offset: None | str | float = None,
-                 reference_loss: float | None = None, time_from_bench: bool = False) -> dict[str, Any]:
+                 reference_loss: float | None = None, time_from_bench: bool = False,
+                 run_ids: Iterable[str] | None = None) -> dict[str, Any]:
     """Analyse ``out_dir/results.sqlite`` and write the report files into ``out_dir``.
 
     ``loss``: the curve frontiers are built from, ``"eval"`` (held-out, default) or
@@ -56,7 +58,8 @@ def write_report(out_dir: str | os.PathLike[str], *, task: str | None = None,
     (L = a C^-b), ``"shared"`` (one E for all, adopted by an AIC criterion) or a fixed E;
     ``reference_loss``: the headline's loss (default: per structure, the lowest loss both it
     and dense reach); ``time_from_bench``: the time multiplier from each model's speed measured
-    now instead of the runs' recorded times. Returns the summary dict (as written to summary.json). Raises
+    now instead of the runs' recorded times; ``run_ids``: only these runs (a sweep reports its
+    own; None: every run in the store). Returns the summary dict (as written to summary.json). Raises
     ``FileNotFoundError`` if the store is missing and ``ValueError`` on bad options, an empty
     store or no dense runs; nothing is written then.
     """
@@ -71,7 +74,7 @@ def write_report(out_dir: str | os.PathLike[str], *, task: str | None = None,
     with ResultStore(db) as store:
         rep = build_report(store, task, loss=loss, n_bootstrap=n_bootstrap, seed=seed,
                            transient=transient, offset=offset, reference_loss=reference_loss,
-                           time_from_bench=time_from_bench)
+                           time_from_bench=time_from_bench, run_ids=run_ids)
     summary = summary_dict(rep)
     files = render_plots(rep, summary)            # everything in memory first ...
     files["report.md"] = markdown(rep, summary).encode()

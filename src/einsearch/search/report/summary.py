@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,14 +162,17 @@ def build_report(store: ResultStore, task: str | None = None, *, loss: str = "ev
                  n_bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0,
                  transient: float = DEFAULT_TRANSIENT_FRACTION,
                  offset: None | str | float = None,
-                 reference_loss: float | None = None, time_from_bench: bool = False) -> Report:
+                 reference_loss: float | None = None, time_from_bench: bool = False,
+                 run_ids: Iterable[str] | None = None) -> Report:
     """Analyse ``task`` in ``store`` (nothing written). Raises ``ValueError`` when the store is
     empty, holds several tasks and none was chosen, or has no dense run. ``time_from_bench``:
     the time multiplier from the compute curves and each model's speed measured now, side by
-    side in this process (:mod:`einsearch.search.timing`), instead of the recorded times."""
+    side in this process (:mod:`einsearch.search.timing`), instead of the recorded times.
+    ``run_ids``: analyse only these runs (a sweep's own; None: every run of the task)."""
     check_options(loss, n_bootstrap, transient, offset, reference_loss)
     task = store.resolve_task(task)
-    runs = store.runs(task=task)
+    run_ids = None if run_ids is None else set(run_ids)
+    runs = store.runs(task=task, run_ids=run_ids)
     infos = _infos(runs)
     dense_rows = [i for i in infos if i.is_dense]
     if not dense_rows:
@@ -182,7 +185,7 @@ def build_report(store: ResultStore, task: str | None = None, *, loss: str = "ev
         if i is not dense:
             i.is_dense = False
             i.notes.append(f"also dense (θ = {_DENSE_THETA}); measured against {dense.name!r} like any structure")
-    curves = curves_from_store(store, task=task, loss=loss)
+    curves = curves_from_store(store, task=task, loss=loss, run_ids=run_ids)
     present = {c.structure for c in curves}
     for i in infos:
         if i.name not in present:
@@ -251,7 +254,7 @@ def build_report(store: ResultStore, task: str | None = None, *, loss: str = "ev
     if time_from_bench:
         time_curves, time = _bench_times(runs, curves)
     else:
-        time_curves = curves_from_store(store, task=task, loss=loss, axis="time")
+        time_curves = curves_from_store(store, task=task, loss=loss, axis="time", run_ids=run_ids)
         time = time_conditions(runs, execution, timed=len(time_curves), total=len(curves))
     if time["available"] and dense.name in present:
         time_result = analyze(time_curves, dense=dense.name, axis="time", **opts)
