@@ -78,6 +78,41 @@ def _example_input(task: Any, device: str = "meta") -> Any:
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
+def _moe_forward_flops(cfg: Any, task: Any) -> int:
+    """Forward FLOPs of one example through ``cfg``'s MoE model, without making its weights.
+
+    Routing decides how many tokens each expert gets, which the meta device cannot show, and a
+    real model at a GPU preset's widths holds billions of expert weights (minutes to build on a
+    CPU). So the model is built on the meta device, each MoE module is swapped for a stand-in
+    that only shapes its output, the rest is counted there, and each MoE module adds its active
+    FLOPs per token (router + top_k experts), which is what ``FlopCounterMode`` counts on a real
+    forward (tests/search/test_costmodel.py compares the two)."""
+    import torch
+    from torch import nn
+
+    from einsearch.moe import BTTMoELinear, MoEFFN
+    from einsearch.replace import set_submodule
+
+    from .train import build_model, count_forward_flops
+
+    class _Shaped(nn.Module):
+        def __init__(self, d_out: int) -> None:
+            super().__init__()
+            self.d_out = d_out
+
+        def forward(self, x):
+            return x.new_zeros(*x.shape[:-1], self.d_out)
+
+    with torch.device("meta"):
+        _, model = build_model(cfg, task)
+    moe = [(name, m) for name, m in model.named_modules() if isinstance(m, (BTTMoELinear, MoEFFN))]
+    active = 0
+    for name, module in moe:
+        active += module.flops_per_token() * task.tokens_per_example
+        set_submodule(model, name, _Shaped(module.d_out if isinstance(module, BTTMoELinear) else module.width))
+    return count_forward_flops(model, _example_input(task)) + active
+
+
 @functools.lru_cache(maxsize=4096)
 def _flops_cached(task_name: str, structure: str, width: int, options: tuple) -> float:
     import torch
@@ -86,7 +121,7 @@ def _flops_cached(task_name: str, structure: str, width: int, options: tuple) ->
     from einsearch import make_plan, resolve_structure
 
     from .config import TrainConfig
-    from .train import build_model, count_forward_flops
+    from .train import count_forward_flops
 
     opts = {k: json.loads(v) if k == "task_options" else v for k, v in options}
     task = task_for(task_name, opts)
@@ -94,11 +129,9 @@ def _flops_cached(task_name: str, structure: str, width: int, options: tuple) ->
         theta = resolve_structure(structure)
     except (ValueError, TypeError):
         theta = None
-    if theta is None:  # not one point of the space (an MoE): build it for real and count
+    if theta is None:  # not one point of the space: a mixture of experts
         cfg = TrainConfig(task=task_name, structure=structure, width=width, **opts)
-        _, model = build_model(cfg, task)
-        x = _example_input(task, "cpu")
-        fwd = count_forward_flops(model, x)
+        fwd = _moe_forward_flops(cfg, task)
     else:
         with torch.device("meta"):
             model = task.build_model(width, seed=0)
