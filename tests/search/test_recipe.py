@@ -25,9 +25,13 @@ def test_moe_settings_stay_out_of_runs_without_experts():
     assert dataclasses.replace(dense, router_lr="plain").run_id() == dense.run_id()
     assert dataclasses.replace(dense, router_init="normal").run_id() == dense.run_id()
     assert dataclasses.replace(dense, router_gate="switch").run_id() == dense.run_id()
+    for field, value in (("aux_loss_weight", 0.1), ("top_k", 1)):  # a study's MoE axis reuses dense's runs
+        assert dataclasses.replace(dense, **{field: value}).run_id() == dense.run_id()
+        assert dataclasses.replace(TrainConfig(), **{field: value}).run_id() == TrainConfig().run_id()
     assert dataclasses.replace(dense, dense_norm=False).run_id() == dense.run_id()  # monarch has no dense layer
     moe = TrainConfig(structure="btt_moe", num_experts=4)
     assert dataclasses.replace(moe, router_lr="plain").run_id() != moe.run_id()
+    assert dataclasses.replace(moe, aux_loss_weight=0.1).run_id() != moe.run_id()
     assert dataclasses.replace(moe, router_gate="switch").run_id() != moe.run_id()
     assert dataclasses.replace(moe, router_gate="switch").structure_config().router_gate == "switch"
     assert dataclasses.replace(TrainConfig(), dense_norm=False).run_id() != TrainConfig().run_id()

@@ -53,6 +53,10 @@ FIELDS_SINCE_V1: dict[str, Any] = {"precision": "fp32", "task_options": {}, "rou
                                    "grad_clip": 0.0, "depth_mup": False, "qk_norm": True, "router_gate": "topk"}
 #: MoE recipe fields: they change nothing in a run that is not a mixture of experts
 MOE_FIELDS = ("router_lr", "router_init", "router_gate")
+#: MoE fields hashed since store schema 1: a run without experts is hashed at these values
+#: whatever it was given, so a sweep that varies them retrains the mixtures, not dense
+#: (``num_experts`` is not among them: presets set it for every run, and those ids must not move)
+MOE_FIELDS_V1 = {"aux_loss_weight": 0.01, "top_k": 2}
 #: router initialisations: the structure's own ("auto": zero for BTT-MoE, N(0, 1/d) for FFN-MoE)
 ROUTER_INIT_CHOICES = ("auto", "zero", "normal")
 #: seconds between mid-run checkpoints when a checkpoint folder is set (``--checkpoint-every``)
@@ -287,13 +291,15 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """What ``run_id`` hashes: every field, less the recipe fields that cannot change this
-        run (MoE settings without experts, ``dense_norm`` without dense layers) and less
+        run (MoE settings without experts, ``dense_norm`` without dense layers; ``MOE_FIELDS_V1`` are
+        hashed at their defaults there) and less
         ``FIELDS_SINCE_V1`` at their old values."""
         d = self.to_dict()
         config = parse_structure(self.structure)
         if not config.is_moe:
             for name in MOE_FIELDS:
                 d.pop(name, None)
+            d.update(MOE_FIELDS_V1)
         if not config.has_dense_layers:
             d.pop("dense_norm", None)
         for name, old in FIELDS_SINCE_V1.items():
