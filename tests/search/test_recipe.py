@@ -95,12 +95,34 @@ def test_a_collapsed_layer_is_warned_about(tmp_path):
         assert [p.step for p in result.points] == [0, 4, 8, 12, 16]
         for i, p in enumerate(result.points[1:]):  # one layer's top expert takes 90% from the 2nd point on
             p.metrics["moe/blocks.0.mlp.fc/top_share"] = 0.9 if i >= 1 else 0.3
-            p.metrics["moe/blocks.0.attn.q/top_share"] = 0.9 if i >= 2 else 0.3  # half the points: not collapsed
+            p.metrics["moe/blocks.0.attn.q/top_share"] = 0.9 if i >= 2 else 0.3  # a third of the steps: not collapsed
         st.record(result)
         summary = expert_summary(st, st.runs())
     collapsed = summary["btt_moe"]["collapsed"]
-    assert [c["layer"] for c in collapsed] == ["blocks.0.mlp.fc"] and collapsed[0]["fraction_of_points"] == 0.75
+    assert [c["layer"] for c in collapsed] == ["blocks.0.mlp.fc"]
+    assert collapsed[0]["fraction_of_steps"] == pytest.approx(2 / 3)  # steps 8..16 of 4..16
     assert summary["btt_moe"]["layers_collapsed"] == 1 and json.dumps(summary)  # JSON-ready
+
+
+@pytest.mark.parametrize(("steps", "above", "expected"), [
+    ([1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 800], [True] * 6 + [False] * 5, 63 / 799),  # 6 of 11 points
+    ([0, 400, 800], [False, True, True], 0.5),
+    ([0, 100, 800], [True, False, True], 100 / 800),
+    ([5], [True], 1.0),
+])
+def test_collapse_counts_training_steps_not_log_points(steps, above, expected):
+    """Log points are log-spaced: a layer above 2x its fair share until step 64 of 800 is above at
+    6 of 11 points but balanced for 92% of training."""
+    from einsearch.search.report.experts import fraction_of_steps
+
+    assert fraction_of_steps(steps, above) == pytest.approx(expected)
+
+
+def test_fraction_of_steps_refuses_mismatched_sequences():
+    from einsearch.search.report.experts import fraction_of_steps
+
+    with pytest.raises(ValueError, match="steps and above"):
+        fraction_of_steps([0, 1], [True])
 
 
 def test_expert_statistics_use_the_experts_the_structure_text_names(tmp_path):

@@ -3,7 +3,9 @@ entropy, the balancing loss, and collapse warnings (from the store's per-point m
 ``ExpertStatsCallback`` records at every log point of an MoE run).
 
 A layer of a run *collapsed* when one expert held more than twice its fair share (1/E of the
-n x top_k assignments) at more than half of the run's logged points.
+n x top_k assignments) for more than half of the run's training steps, each logged share standing
+for the steps up to the next log point. Log points are log-spaced, so counting points instead
+would call a layer that balanced after the first few percent of training collapsed.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from einsearch.structures import structure_options
 from ..config import DEFAULT_NUM_EXPERTS
 from ..store import ResultStore, RunRow
 
-__all__ = ["expert_summary", "plot_expert_load", "COLLAPSE_FACTOR", "COLLAPSE_FRACTION", "PLOT_NAME"]
+__all__ = ["expert_summary", "fraction_of_steps", "plot_expert_load", "COLLAPSE_FACTOR", "COLLAPSE_FRACTION",
+           "PLOT_NAME"]
 
 #: an expert above this x its fair share ...
 COLLAPSE_FACTOR = 2.0
-#: ... at more than this fraction of a run's logged points: collapsed
+#: ... for more than this fraction of a run's training steps: collapsed
 COLLAPSE_FRACTION = 0.5
 PLOT_NAME = "expert_load.png"
 
@@ -38,6 +41,17 @@ def _layers(metrics: dict[int, dict[str, float | None]]) -> dict[str, dict[str, 
             layer, stat = name[4:].rsplit("/", 1)
             out.setdefault(layer, {}).setdefault(stat, []).append((step, float(value)))
     return out
+
+
+def fraction_of_steps(steps: Sequence[int], above: Sequence[bool]) -> float:
+    """Fraction of the steps from the first log point to the last at which ``above`` held, each
+    logged value holding until the next log point (a single point: its own value)."""
+    if len(steps) != len(above) or not steps:
+        raise ValueError(f"steps and above: expected two sequences of one length, got {len(steps)} and {len(above)}")
+    spans = np.diff(np.asarray(steps, dtype=float))
+    if len(spans) == 0 or spans.sum() <= 0:
+        return float(above[-1])
+    return float(np.sum(spans * np.asarray(above[:-1], dtype=float)) / spans.sum())
 
 
 def _experts(run: RunRow) -> int:
@@ -76,10 +90,10 @@ def expert_summary(store: ResultStore, runs: Sequence[RunRow]) -> dict[str, Any]
                 s["entropy"].append(stats["entropy"][-1][1] / math.log(experts))
             if stats.get("aux"):
                 s["aux"].append(stats["aux"][-1][1])
-            above = float(np.mean(shares > COLLAPSE_FACTOR / experts))
+            above = fraction_of_steps([st for st, _ in top], list(shares > COLLAPSE_FACTOR / experts))
             if above > COLLAPSE_FRACTION:
                 s["collapsed"].append({"width": r.width, "seed": r.seed, "layer": layer,
-                                       "fraction_of_points": above, "last_top_share": float(shares[-1])})
+                                       "fraction_of_steps": above, "last_top_share": float(shares[-1])})
             s["_curves"].setdefault(int(r.width or 0), []).append((np.asarray([st for st, _ in top]), shares * experts))
     for s in out.values():
         curves = s.pop("_curves")

@@ -12,6 +12,8 @@ from .summary import Report, StructureInfo
 __all__ = ["markdown", "STORE_NAME"]
 
 STORE_NAME = "results.sqlite"
+#: collapsed layers listed in report.md per structure (all are in summary.json)
+SHOWN_COLLAPSED = 10
 
 
 # ------------------------------------------------------------------------------------------
@@ -352,17 +354,21 @@ def _experts_section(rep: Report) -> list[str]:
              "Routing of the last training step at each logged point, averaged over the MoE layers and runs. "
              "top share x E: the busiest expert's share of the assignments times the number of experts (1: "
              "balanced; E: one expert takes everything); entropy / ln E: 1 when the router spreads its "
-             "probability evenly. A layer collapsed when its top expert held more than twice its fair share at "
-             "more than half of the run's logged points.", "",
+             "probability evenly. A layer collapsed when its top expert held more than twice its fair share for "
+             "more than half of the run's training steps (each logged share standing for the steps up to the next "
+             "log point).", "",
              "| structure | experts | runs | top share x E (first → last) | entropy / ln E (last) | aux loss (last) "
              "| collapsed layers |", "|---|---|---|---|---|---|---|"]
     for name, e in sorted(rep.experts.items()):
         lines.append(f"| {md(name)} | {e['experts']} | {e['runs']} | {fmt(e['first'])} → {fmt(e['last'])} | "
                      f"{fmt(e['entropy'])} | {fmt(e['aux'])} | {e['layers_collapsed']} |")
     for name, e in sorted(rep.experts.items()):
-        for c in e["collapsed"][:10]:
+        for c in e["collapsed"][:SHOWN_COLLAPSED]:
             lines.append(f"- **{name}** width {c['width']} seed {c['seed']}, layer `{c['layer']}`: top expert above "
-                         f"2x its fair share at {c['fraction_of_points']:.0%} of the logged points (last share "
+                         f"2x its fair share for {c['fraction_of_steps']:.0%} of the training steps (last share "
                          f"{c['last_top_share']:.2f})")
+        if len(e["collapsed"]) > SHOWN_COLLAPSED:
+            lines.append(f"- **{name}**: {len(e['collapsed']) - SHOWN_COLLAPSED} more collapsed layer(s) in "
+                         "summary.json (`experts`)")
     return lines + ["", "![expert load](expert_load.png)", ""]
 

@@ -266,7 +266,7 @@ def build_report(store: ResultStore, task: str | None = None, *, loss: str = "ev
     for name, e in experts.items():
         if e["layers_collapsed"]:
             notes.append(f"{name}: experts collapsed in {e['layers_collapsed']} layer(s) of its runs (one expert "
-                         f"above {COLLAPSE_FACTOR:g}x its fair share at most logged points; see ## Experts)")
+                         f"above {COLLAPSE_FACTOR:g}x its fair share for most of the training steps; see ## Experts)")
     return Report(execution=execution, task=task, loss=loss, infos=infos, dense=dense, result=result, curves=curves,
                   settings=settings, notes=notes, head_to_head=h2h, n_bootstrap=int(n_bootstrap), time=time,
                   time_curves=time_curves, experts=experts, recipe=recipe_summary(runs))
