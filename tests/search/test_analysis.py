@@ -278,6 +278,16 @@ def test_one_width_frontier_gives_no_multiplier():
     assert any("from 1 width(s)" in n for n in s.notes)
 
 
+def test_a_missing_estimate_names_the_reference_it_is_measured_against():
+    """Head to head (BTT-MoE against FFN-MoE) the reference sits in dense's place; a reference
+    frontier with one width is the reference's, not 'dense's'."""
+    laws = {"moe": dict(a=A, b=B, widths=(32,)), "btt_moe": dict(a=A, b=B)}
+    s = analyze(simulate(laws), dense="moe", n_bootstrap=0)["btt_moe"]
+    assert s.compute_multiplier is None
+    assert any("moe's frontier has" in n and "from 1 width(s)" in n for n in s.notes)
+    assert not any("dense" in n for n in s.notes)
+
+
 def test_the_best_learning_rate_is_kept_per_width():
     m = 2.0
     laws = parallel(m)

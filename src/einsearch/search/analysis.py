@@ -500,7 +500,8 @@ def _in_losses(f: FrontierPoints, lo: float, hi: float) -> FrontierPoints:
 
 
 def _pair(fs: FrontierPoints, fd: FrontierPoints, E: float, min_widths: int,
-          window: tuple[float, float] | None = None, match: str = "x", axis: str = "compute") -> _Pair | str:
+          window: tuple[float, float] | None = None, match: str = "x", axis: str = "compute",
+          ref: str = "dense") -> _Pair | str:
     """Steps 5-6 for S against dense; a reason string when there is no estimate. ``match="x"``:
     ``window`` is the common x window (None: the intersection of the spans); ``match="loss"``:
     ``window`` is the common loss range (None: the intersection of the frontiers' loss ranges)."""
@@ -513,7 +514,7 @@ def _pair(fs: FrontierPoints, fd: FrontierPoints, E: float, min_widths: int,
                       min(float(fs.loss.max()), float(fd.loss.max())))
             if not window[0] < window[1]:
                 return (f"the frontiers share no loss range (its losses [{float(fs.loss.min()):.4g}, "
-                        f"{float(fs.loss.max()):.4g}], dense's [{float(fd.loss.min()):.4g}, "
+                        f"{float(fs.loss.max()):.4g}], {ref}'s [{float(fd.loss.min()):.4g}, "
                         f"{float(fd.loss.max()):.4g}])")
         ws, wd = _in_losses(fs, *window), _in_losses(fd, *window)
         where = f"the common loss range [{window[0]:.4g}, {window[1]:.4g}]"
@@ -522,11 +523,11 @@ def _pair(fs: FrontierPoints, fd: FrontierPoints, E: float, min_widths: int,
             lo, hi = max(fs.span[0], fd.span[0]), min(fs.span[1], fd.span[1])
             if not lo < hi:
                 return (f"no common {axis} window: spans [{fs.span[0]:.3g}, {fs.span[1]:.3g}] and "
-                        f"dense [{fd.span[0]:.3g}, {fd.span[1]:.3g}] {unit} do not overlap")
+                        f"{ref} [{fd.span[0]:.3g}, {fd.span[1]:.3g}] {unit} do not overlap")
             window = (lo, hi)
         ws, wd = fs.inside(window), fd.inside(window)
         where = f"the common window [{window[0]:.3g}, {window[1]:.3g}] {unit}"
-    for who, f in (("its", ws), ("dense's", wd)):
+    for who, f in (("its", ws), (f"{ref}'s", wd)):
         if f.n_widths() < min_widths or len(f) < MIN_POINTS:
             return (f"{who} frontier has {len(f)} point(s) from {f.n_widths()} width(s) inside "
                     f"{where}; at least {MIN_POINTS} points from {min_widths} widths are needed")
@@ -860,7 +861,7 @@ def analyze(curves: Sequence[Curve], *, dense: str = "dense",
             r.notes.append(f"dense ({dense!r}) has no frontier, so no multiplier")
             continue
         own = None if name != dense else (f.span if match == "x" else (float(f.loss.min()), float(f.loss.max())))
-        p = _pair(f, fd, E, int(min_widths), window=own, match=match, axis=axis)
+        p = _pair(f, fd, E, int(min_widths), window=own, match=match, axis=axis, ref=dense)
         if isinstance(p, str):
             r.notes.append("no multiplier: " + p)
             continue
@@ -869,7 +870,7 @@ def analyze(curves: Sequence[Curve], *, dense: str = "dense",
         r.matched_on = match
         r.exponent = p.law_s.b
         r.exponent_delta = 0.0 if r.is_dense else p.law_s.b - p.law_d.b
-        for who, fr in (("its", p.front_s), ("dense's", p.front_d)):
+        for who, fr in (("its", p.front_s), (f"{dense}'s", p.front_d)):
             if r.is_dense and who != "its":
                 continue
             ws, counts = np.unique(fr.width, return_counts=True)
@@ -943,7 +944,7 @@ def analyze(curves: Sequence[Curve], *, dense: str = "dense",
                 e_rep = _estimate_E(ok)[0] if ok else 0.0
             for n in targets:
                 p = _pair(rep[n], rep[dense], e_rep, int(min_widths), window=pairs[n].matched, match=match,
-                          axis=axis)
+                          axis=axis, ref=dense)
                 if isinstance(p, str):
                     failed[n] += 1
                     continue
