@@ -319,3 +319,29 @@ def test_dominant_width_is_warned_about(tmp_path):
     assert "width 32 makes up" in warning
     diag = (tmp_path / "report.md").read_text().split("## Diagnostics", 1)[1]
     assert "**btt** (warning): width 32 makes up" in diag
+
+
+def test_runs_with_different_mup_base_widths_are_noted(tmp_path):
+    """A dense width added by a second sweep defaults to its own smallest width as muP's base:
+    the report says the store holds two parametrizations."""
+    import dataclasses
+
+    from fake_runs import FakeConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class BasedConfig(FakeConfig):
+        base_width: int = 16
+
+    laws = {"dense": (scaling_law(1.0), 3), "btt": (scaling_law(2.0), 3)}
+    with ResultStore(tmp_path / "results.sqlite") as st:
+        for name, (law, seeds) in laws.items():
+            for w in WIDTHS:
+                for s in range(seeds):
+                    r = make_scaling_result(name, w, s, law)
+                    base = 64 if (name, w) == ("dense", 64) else 16
+                    r = dataclasses.replace(r, config=BasedConfig(**dataclasses.asdict(r.config), base_width=base))
+                    st.record(r)
+    summary = write_report(tmp_path, n_bootstrap=0)
+    assert any("different muP base widths [16, 64]" in n for n in summary["notes"])
+    fill(tmp_path / "one", laws=laws)  # no base widths recorded: no note
+    assert not any("base widths" in n for n in write_report(tmp_path / "one", n_bootstrap=0)["notes"])

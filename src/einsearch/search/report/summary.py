@@ -251,6 +251,11 @@ def build_report(store: ResultStore, task: str | None = None, *, loss: str = "ev
     if len(execution["precisions"]) > 1:
         notes.append(f"runs were trained in different precisions {execution['precisions']}: structures "
                      "compared across precisions are not compared on equal terms")
+    bases = sorted({r.config["base_width"] for r in runs if r.config.get("base_width") is not None})
+    if len(bases) > 1:
+        notes.append(f"runs have different muP base widths {bases}: their inits and learning rates scale from "
+                     "different reference widths, so their curves are not one parametrization (a sweep that adds "
+                     "widths to another's store should give the other's base_width: --set base_width=...)")
     if time_from_bench:
         time_curves, time = _bench_times(runs, curves)
     else:
